@@ -1,0 +1,125 @@
+"""The ``pcrs-indexer`` command line: thin commands over the core.
+
+Data goes to stdout (JSON), messages and progress to stderr. Exit codes: 0 ok, 1 unexpected,
+2 usage, 3 storage, 4 not found.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from datetime import date
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from tqdm import tqdm
+
+from indexer import __version__
+from indexer.emprise import compute_emprise
+from indexer.errors import ConfigError, IndexerError, InvalidSource, LivrableNotFound, StorageUnreachable
+from indexer.export import write_outputs
+from indexer.projet import Livrable, Projet, load_projet, select_livrable
+from indexer.scan import ScanOptions, scan_storage
+from indexer.settings import Settings, get_settings
+from indexer.state import create_store
+from indexer.storage import RetryPolicy, open_storage
+
+T = TypeVar("T")
+
+EXIT_CODES: dict[type[IndexerError], int] = {
+    ConfigError: 2,
+    InvalidSource: 2,
+    StorageUnreachable: 3,
+    LivrableNotFound: 4,
+}
+
+
+def _exit_code(exc: IndexerError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return 1
+
+
+def _configure_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="pcrs-indexer")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr; -v also shows tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int) -> None:
+    """Index PCRS orthophoto livrables: crawl a storage, read dalle headers, publish the PCRS files."""
+    _configure_logging(verbose)
+    ctx.obj = {"verbose": verbose}
+
+
+def _fail(ctx: click.Context, exc: BaseException, code: int) -> None:
+    if ctx.obj and ctx.obj.get("verbose"):
+        logging.getLogger("indexer").exception("failed")
+    click.echo(f"pcrs-indexer: error: {exc}", err=True)
+    ctx.exit(code)
+
+
+def _progress(enabled: bool) -> Any:
+    def wrap(items: Iterator[T], total: int) -> Iterator[T]:
+        if not enabled:
+            return items
+        return iter(tqdm(items, total=total, desc="Reading headers", unit="dalle", file=sys.stderr))
+
+    return wrap
+
+
+@main.command()
+@click.argument("source")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder receiving dalles.geojson, livrables.geojson and report.json.")
+@click.option("--projet", "projet_location", metavar="FILE_OR_URL",
+              help="Projet document (JSON) as the PCRS API serves it.")
+@click.option("--livrable", "livrable_name", metavar="NAME", help="Livrable of the projet, by nom.")
+@click.option("--db", "db_url", metavar="URL", help="State store URL (SQLAlchemy). Default: SQLite in the data dir.")
+@click.option("--concurrency", type=click.IntRange(1, 256), help="Header reads in flight at once.")
+@click.option("--full", is_flag=True, help="Read every dalle again, ignoring change detection.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
+@click.pass_context
+def index(ctx: click.Context, source: str, out: Path, projet_location: str | None, livrable_name: str | None,
+          db_url: str | None, concurrency: int | None, full: bool, quiet: bool) -> None:
+    """Index the livrable stored at SOURCE: a folder, a file:// URL or an http(s):// listing URL."""
+    settings = get_settings()
+    try:
+        summary = run_index(settings, source, out, projet_location, livrable_name, db_url, concurrency, full,
+                            progress=not quiet and sys.stderr.isatty())
+    except IndexerError as exc:
+        _fail(ctx, exc, _exit_code(exc))
+        return
+    if not quiet:
+        click.echo(f"{summary['indexed']} dalles indexed, {summary['reused']} reused, "
+                   f"{summary['skipped']} skipped, in {summary['duration_s']} s -> {out}", err=True)
+    click.echo(json.dumps(summary, ensure_ascii=False))
+
+
+def run_index(settings: Settings, source: str, out: Path, projet_location: str | None, livrable_name: str | None,
+              db_url: str | None = None, concurrency: int | None = None, full: bool = False,
+              progress: bool = False) -> dict[str, Any]:
+    """Scan a livrable's storage and write its PCRS files; returns a small summary."""
+    projet: Projet | None = None
+    livrable: Livrable | None = None
+    if projet_location:
+        projet = load_projet(projet_location, settings.timeout_s)
+        livrable = select_livrable(projet, livrable_name, source)
+    policy = RetryPolicy(retries=settings.retries, timeout_s=settings.timeout_s)
+    storage = open_storage(source, policy, settings.user_agent)
+    engine = create_store(db_url or settings.database_url())
+    options = ScanOptions(concurrency=concurrency or settings.concurrency, header_bytes=settings.header_bytes,
+                          full=full)
+    result = scan_storage(storage, engine, options, _progress(progress))
+    emprise = compute_emprise(result.dalles)
+    paths = write_outputs(out, result, emprise, projet, livrable, date.today())
+    return {"source": result.source, "indexed": len(result.dalles), "reused": result.reused,
+            "skipped": len(result.problems), "duration_s": round(result.duration_s, 3),
+            "outputs": {name: str(path) for name, path in paths.items()}}

@@ -1,0 +1,21 @@
+"""Errors raised on purpose. A bad dalle is never an error: it is a `DalleProblem` record."""
+
+
+class IndexerError(Exception):
+    """Base for errors raised on purpose; the message is one line meant for the user."""
+
+
+class ConfigError(IndexerError):
+    """A setting, an option or an input document is invalid."""
+
+
+class InvalidSource(IndexerError):
+    """The SOURCE given is not a storage the indexer knows how to read."""
+
+
+class StorageUnreachable(IndexerError):
+    """The storage cannot be listed (network, permissions, missing folder). Transient."""
+
+
+class LivrableNotFound(IndexerError):
+    """The projet document has no livrable matching the request."""

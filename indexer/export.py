@@ -1,0 +1,216 @@
+"""The PCRS data API files: `dalles.geojson`, `livrables.geojson` and `report.json`.
+
+Every output property name is spelled here and nowhere else. Features are written one at a time
+to a temporary file renamed into place, so a reader never sees half a file and millions of
+dalles need no list in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import shapely
+from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+
+from indexer.emprise import to_wgs84
+from indexer.models import Dalle, ScanResult
+from indexer.projet import CALENDRIER, Livrable, Projet, current_etape
+
+DECIMALS = 7
+
+DALLE_PROPERTIES = (
+    "dateAcquisition", "dateRecette", "descriptionElementsQualite", "idPCRS", "nomImage",
+    "precisionplanimetriqueCorpsdeRue", "precisionplanimetriqueZonesNaturelles", "resolution",
+    "typeImage", "producteur", "licence", "tailleFichier", "tailleImage", "compression", "epsg",
+    "bandes", "open", "focale", "chemin",
+)
+LIVRABLE_PROPERTIES = (
+    "initiative", "dateActualite", "calendrier", "nom", "format", "compression", "epsg", "taille",
+    "recouvrLat", "recouvrLon", "focale", "licence", "subventions", "acteurs", "diffusion",
+    "diffusionUrl", "diffusionLayer",
+)
+
+
+def _number(value: float | None) -> int | float | None:
+    """An integer when the value is whole (5.0 -> 5), else the value."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+def epsg_label(epsg: int | None) -> str | None:
+    """``EPSG:2154`` form, None when unknown."""
+    return f"EPSG:{epsg}" if epsg is not None else None
+
+
+def dalle_geometry(dalle: Dalle) -> dict[str, Any]:
+    """The dalle's four corners in WGS84 as a counter-clockwise GeoJSON Polygon."""
+    xy = np.array(dalle.corners, dtype="float64")
+    lon, lat = to_wgs84(dalle.crs_wkt).transform(xy[:, 0], xy[:, 1])
+    ring = np.round(np.column_stack([lon, lat]), DECIMALS)
+    x, y = ring[:, 0], ring[:, 1]
+    if float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) < 0:  # clockwise: reverse
+        ring = ring[::-1]
+    coords = [[float(a), float(b)] for a, b in ring]
+    return {"type": "Polygon", "coordinates": [[*coords, coords[0]]]}
+
+
+def dalle_properties(dalle: Dalle, projet: Projet | None, livrable: Livrable | None) -> dict[str, Any]:
+    """The properties of a dalle feature, in the order of the PCRS API."""
+    values = {
+        "dateAcquisition": None,
+        "dateRecette": None,
+        "descriptionElementsQualite": None,
+        "idPCRS": projet.id if projet else None,
+        "nomImage": dalle.name,
+        "precisionplanimetriqueCorpsdeRue": None,
+        "precisionplanimetriqueZonesNaturelles": None,
+        "resolution": _number(dalle.resolution_cm),
+        "typeImage": dalle.mime,
+        "producteur": None,
+        "licence": livrable.licence if livrable else None,
+        "tailleFichier": dalle.size,
+        "tailleImage": f"{dalle.height}x{dalle.width}",
+        "compression": dalle.compression,
+        "epsg": epsg_label(dalle.epsg),
+        "bandes": "/".join(dalle.bands),
+        "open": dalle.open,
+        "focale": _number(livrable.focale) if livrable else None,
+        "chemin": dalle.path,
+    }
+    return {name: values[name] for name in DALLE_PROPERTIES}
+
+
+def _common(values: Iterable[Any]) -> Any:
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _unique(values: Iterable[str | None]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
+
+
+def livrable_properties(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None,
+                        today: date) -> dict[str, Any]:
+    """The properties of a livrable feature, in the order of the PCRS API."""
+    etape = current_etape(projet.etapes, today) if projet else None
+    values = {
+        "initiative": projet.id if projet else None,
+        "dateActualite": etape.date_debut.isoformat() if etape and etape.date_debut else None,
+        "calendrier": CALENDRIER.get(etape.statut) if etape else None,
+        "nom": livrable.nom if livrable else None,
+        "format": _common(d.mime for d in dalles),
+        "compression": _common(d.compression for d in dalles),
+        "epsg": epsg_label(_common(d.epsg for d in dalles)),
+        "taille": sum(d.size for d in dalles),
+        "recouvrLat": livrable.recouvr_lat if livrable else None,
+        "recouvrLon": livrable.recouvr_lon if livrable else None,
+        "focale": _number(livrable.focale) if livrable else None,
+        "licence": livrable.licence if livrable else None,
+        "subventions": _unique(s.nature for s in projet.subventions) if projet else [],
+        "acteurs": _unique(a.nom for a in projet.acteurs) if projet else [],
+        "diffusion": livrable.diffusion if livrable else None,
+        "diffusionUrl": livrable.diffusion_url if livrable else None,
+        "diffusionLayer": livrable.diffusion_layer if livrable else None,
+    }
+    return {name: values[name] for name in LIVRABLE_PROPERTIES}
+
+
+def emprise_geometry(emprise: BaseGeometry | None) -> dict[str, Any] | None:
+    """The emprise as RFC 7946 GeoJSON: snapped to 7 decimals, exterior rings counter-clockwise."""
+    if emprise is None or emprise.is_empty:
+        return None
+    snapped = shapely.set_precision(emprise, 10.0**-DECIMALS)
+    oriented = shapely.orient_polygons(snapped, exterior_cw=False)
+    geometry: dict[str, Any] = json.loads(json.dumps(mapping(oriented)))
+    return _round(geometry)
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, DECIMALS)
+    if isinstance(value, list | tuple):
+        return [_round(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    return value
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[IO[str]]:
+    """A text file written beside `path` and renamed onto it only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> int:
+    """Stream features into an open file as one FeatureCollection; returns how many."""
+    f.write('{"type":"FeatureCollection","features":[')
+    count = 0
+    for feature in features:
+        f.write(",\n" if count else "\n")
+        f.write(json.dumps(feature, ensure_ascii=False, separators=(",", ":")))
+        count += 1
+    f.write("\n]}\n")
+    return count
+
+
+def dalle_features(dalles: Iterable[Dalle], projet: Projet | None, livrable: Livrable | None
+                   ) -> Iterator[dict[str, Any]]:
+    """GeoJSON features of dalles, in the order given."""
+    for dalle in dalles:
+        yield {"type": "Feature", "geometry": dalle_geometry(dalle),
+               "properties": dalle_properties(dalle, projet, livrable)}
+
+
+def livrable_feature(dalles: list[Dalle], emprise: BaseGeometry | None, projet: Projet | None,
+                     livrable: Livrable | None, today: date) -> dict[str, Any]:
+    """The GeoJSON feature of one livrable."""
+    return {"type": "Feature", "geometry": emprise_geometry(emprise),
+            "properties": livrable_properties(dalles, projet, livrable, today)}
+
+
+def report(result: ScanResult) -> dict[str, Any]:
+    """The scan report: counts and every skipped file with its reason. Never a credential."""
+    return {
+        "source": result.source,
+        "listed_files": result.listed_files,
+        "raster_files": result.raster_files,
+        "indexed": len(result.dalles),
+        "reused": result.reused,
+        "skipped": [{"path": p.path, "reason": p.reason, "detail": p.detail}
+                    for p in sorted(result.problems, key=lambda p: p.path)],
+        "duration_s": round(result.duration_s, 3),
+    }
+
+
+def write_outputs(out: Path, result: ScanResult, emprise: BaseGeometry | None, projet: Projet | None,
+                  livrable: Livrable | None, today: date) -> dict[str, Path]:
+    """Write the three files of a scan into `out`, each atomically. Returns their paths."""
+    dalles = sorted(result.dalles, key=lambda d: d.path)
+    paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson",
+             "report": out / "report.json"}
+    with atomic_writer(paths["dalles"]) as f:
+        write_feature_collection(f, dalle_features(dalles, projet, livrable))
+    with atomic_writer(paths["livrables"]) as f:
+        write_feature_collection(f, [livrable_feature(dalles, emprise, projet, livrable, today)])
+    with atomic_writer(paths["report"]) as f:
+        json.dump(report(result), f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    return paths

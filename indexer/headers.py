@@ -1,0 +1,270 @@
+"""Read one dalle's header and turn it into a `Dalle` record, or a `DalleProblem` saying why not.
+
+`read_dalle` does the I/O (one prefix read, seldom more) and hands an open dataset to
+`dalle_from_dataset`, a pure function that tests call directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from functools import lru_cache
+
+import rasterio
+from affine import Affine
+from pyproj import CRS
+from pyproj.exceptions import CRSError
+from rasterio.enums import ColorInterp
+from rasterio.errors import RasterioError
+from rasterio.io import DatasetReader, MemoryFile
+
+from indexer.models import Dalle, DalleProblem, FileEntry, Point
+from indexer.storage import ReadError, Storage
+from indexer.structure import ByteView, Finding, check_jp2, check_tiff
+
+log = logging.getLogger(__name__)
+
+OPEN_FORMATS = {".tif": "image/tiff", ".tiff": "image/tiff", ".geotif": "image/tiff",
+                ".geotiff": "image/tiff", ".jp2": "image/jp2"}
+PROPRIETARY_FORMATS = {".ecw": "image/ecw", ".sid": "image/x-mrsid"}
+_DRIVERS = {"image/tiff": "GTiff", "image/jp2": "JP2OpenJPEG"}
+WORLD_FILE_SUFFIXES = (".tfw", ".tifw", ".j2w", ".wld", ".eww", ".sdw")
+SIDECAR_SUFFIXES = (*WORLD_FILE_SUFFIXES, ".prj", ".aux.xml")
+
+# Nothing is probed: GDAL is never allowed to look for sidecars or list folders by itself.
+GDAL_ENV = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_PAM_ENABLED": "NO",
+    "GDAL_GEOREF_SOURCES": "INTERNAL",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2",
+}
+
+# GDAL's names of colour interpretations and data types, as `gdalinfo` prints them.
+_COLOUR_NAMES = {
+    ColorInterp.undefined: "Undefined", ColorInterp.gray: "Gray", ColorInterp.palette: "Palette",
+    ColorInterp.red: "Red", ColorInterp.green: "Green", ColorInterp.blue: "Blue",
+    ColorInterp.alpha: "Alpha", ColorInterp.hue: "Hue", ColorInterp.saturation: "Saturation",
+    ColorInterp.lightness: "Lightness", ColorInterp.cyan: "Cyan", ColorInterp.magenta: "Magenta",
+    ColorInterp.yellow: "Yellow", ColorInterp.black: "Black", ColorInterp.Y: "YCbCr_Y",
+    ColorInterp.Cb: "YCbCr_Cb", ColorInterp.Cr: "YCbCr_Cr",
+}
+_TYPE_NAMES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
+               "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32",
+               "float64": "Float64", "complex64": "CFloat32", "complex128": "CFloat64",
+               "complex_int16": "CInt16"}
+
+
+def suffix(path: str) -> str:
+    """The lower-case extension of a path, ``.aux.xml`` counted as one."""
+    lower = path.lower()
+    if lower.endswith(".aux.xml"):
+        return ".aux.xml"
+    dot = lower.rfind(".")
+    return lower[dot:] if dot > lower.rfind("/") else ""
+
+
+def raster_mime(path: str) -> str | None:
+    """The MIME type of a raster candidate by its extension, None when it is not a raster."""
+    ext = suffix(path)
+    return OPEN_FORMATS.get(ext) or PROPRIETARY_FORMATS.get(ext)
+
+
+def sidecar_stem(path: str) -> str | None:
+    """For a sidecar file, the lower-case path of the raster it describes without extension."""
+    ext = suffix(path)
+    if ext not in SIDECAR_SUFFIXES:
+        return None
+    stem = path[: -len(ext)].lower()
+    if ext == ".aux.xml":  # a.tif.aux.xml describes a.tif
+        stem = stem.rsplit(".", 1)[0] if suffix(stem) else stem
+    return stem
+
+
+@dataclass(frozen=True, slots=True)
+class Georef:
+    """Georeferencing found outside the header: a world file and a CRS from .prj or .aux.xml."""
+
+    transform: Affine | None = None
+    crs_wkt: str | None = None
+
+
+@lru_cache(maxsize=256)
+def identify_epsg(wkt: str) -> int | None:
+    """The EPSG code of a CRS, looked up by pyproj when the file carries no authority code."""
+    try:
+        return CRS.from_wkt(wkt).to_epsg(min_confidence=70)  # type: ignore[no-any-return]
+    except CRSError:
+        return None
+
+
+def resolution_cm(transform: Affine) -> float:
+    """Pixel size in centimetres, an integer when whole, else rounded to 2 decimals."""
+    size = math.hypot(transform.a, transform.d) * 100
+    whole = round(size)
+    return float(whole) if abs(size - whole) < 1e-6 else round(size, 2)
+
+
+def corners(transform: Affine, width: int, height: int) -> tuple[Point, Point, Point, Point]:
+    """Upper-left, upper-right, lower-right and lower-left corners in the dalle's CRS."""
+    ul, ur, lr, ll = (transform * (0, 0), transform * (width, 0), transform * (width, height),
+                      transform * (0, height))
+    return ul, ur, lr, ll
+
+
+def _is_georeferenced(transform: Affine) -> bool:
+    return not transform.is_identity
+
+
+def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReader,
+                       georef: Georef | None = None) -> Dalle | DalleProblem:
+    """The record of a dataset opened from `entry`, or why it cannot be indexed.
+
+    Args:
+        entry: the listed file.
+        size: its size in bytes.
+        mime: ``image/tiff`` or ``image/jp2``.
+        src: the open dataset (header only, no pixel is read).
+        georef: georeferencing from sidecar files, used where the header has none.
+    """
+    if src.width == 0 or src.height == 0 or src.count == 0:
+        return DalleProblem(entry.path, "empty", f"the raster has no pixels ({src.height}x{src.width})",
+                            size, entry.mtime, entry.etag)
+    transform = src.transform
+    crs_wkt = src.crs.to_wkt() if src.crs else None
+    if georef is not None:
+        transform = transform if _is_georeferenced(transform) else georef.transform or transform
+        crs_wkt = crs_wkt or georef.crs_wkt
+    if not _is_georeferenced(transform) or not crs_wkt:
+        missing = "geotransform" if not _is_georeferenced(transform) else "CRS"
+        return DalleProblem(entry.path, "not_georeferenced",
+                            f"no {missing} in the header nor in a sidecar file", size, entry.mtime, entry.etag)
+    if mime == "image/jp2":
+        reversibility = src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION_REVERSIBILITY", "")
+        compression: str | None = "LOSSLESS" if reversibility.startswith("LOSSLESS") else "LOSSY"
+    else:
+        compression = src.compression.name.upper() if src.compression else "NONE"
+    bands = tuple(f"{_COLOUR_NAMES.get(ci, ci.name.capitalize())}({_TYPE_NAMES.get(dt, dt)})"
+                  for ci, dt in zip(src.colorinterp, src.dtypes, strict=True))
+    return Dalle(
+        path=entry.path,
+        size=size,
+        mime=mime,
+        width=src.width,
+        height=src.height,
+        bands=bands,
+        compression=compression,
+        epsg=identify_epsg(crs_wkt),
+        crs_wkt=crs_wkt,
+        corners=corners(transform, src.width, src.height),
+        resolution_cm=resolution_cm(transform),
+        open=True,
+        mtime=entry.mtime,
+        etag=entry.etag,
+    )
+
+
+def parse_world_file(text: str) -> Affine:
+    """The geotransform of a world file (six numbers, pixel-centre based)."""
+    values = [float(v) for v in text.split()[:6]]
+    if len(values) != 6:
+        raise ValueError("a world file has six numbers")
+    a, d, b, e, c, f = values
+    return Affine(a, b, c - a / 2 - b / 2, d, e, f - d / 2 - e / 2)
+
+
+def parse_aux_xml(text: str) -> Georef:
+    """The CRS and geotransform a GDAL ``.aux.xml`` file carries."""
+    root = ET.fromstring(text)
+    srs = root.findtext("SRS")
+    gt = root.findtext("GeoTransform")
+    transform = None
+    if gt:
+        c, a, b, f, d, e = (float(v) for v in re.split(r"[,\s]+", gt.strip()))
+        transform = Affine(a, b, c, d, e, f)
+    return Georef(transform, CRS.from_user_input(srs).to_wkt() if srs else None)
+
+
+def read_georef(storage: Storage, sidecars: list[FileEntry]) -> Georef | None:
+    """Georeferencing from the sidecar files the listing showed for a dalle, if any is usable."""
+    transform = None
+    crs_wkt = None
+    for side in sorted(sidecars, key=lambda s: s.path):
+        ext = suffix(side.path)
+        try:
+            text = storage.read_range(side.path, 0, min(side.size or 1 << 20, 1 << 20)).decode("utf-8", "replace")
+            if ext in WORLD_FILE_SUFFIXES:
+                transform = transform or parse_world_file(text)
+            elif ext == ".prj":
+                crs_wkt = crs_wkt or CRS.from_user_input(text.strip()).to_wkt()
+            elif ext == ".aux.xml":
+                aux = parse_aux_xml(text)
+                transform = transform or aux.transform
+                crs_wkt = crs_wkt or aux.crs_wkt
+        except (ReadError, ValueError, CRSError, ET.ParseError) as exc:
+            log.info("sidecar not usable", extra={"path": side.path, "error": str(exc)})
+    if transform is None and crs_wkt is None:
+        return None
+    return Georef(transform, crs_wkt)
+
+
+def _problem(entry: FileEntry, finding: Finding, size: int | None) -> DalleProblem:
+    return DalleProblem(entry.path, finding.reason, finding.detail, size, entry.mtime, entry.etag)
+
+
+def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | None = None,
+               header_bytes: int = 65536) -> Dalle | DalleProblem:
+    """Read one dalle's header from its storage. Never raises for a bad file."""
+    mime = raster_mime(entry.path)
+    if mime is None:
+        raise ValueError(f"{entry.path} is not a raster candidate")
+    if entry.size == 0:
+        return DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
+    try:
+        prefix, size = storage.read_prefix(entry, header_bytes)
+    except ReadError as exc:
+        return DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime, entry.etag)
+    if size == 0:
+        return DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
+    if mime not in _DRIVERS:
+        name = "ECW" if mime == "image/ecw" else "MrSID"
+        return DalleProblem(entry.path, "unsupported", f"{name} is a proprietary format no open driver reads",
+                            size, entry.mtime, entry.etag)
+
+    view = ByteView(prefix, size, lambda start, end: storage.read_range(entry.path, start, end))
+    try:
+        finding = check_tiff(view) if mime == "image/tiff" else check_jp2(view)
+    except ReadError as exc:
+        return DalleProblem(entry.path, "unreadable", str(exc), size, entry.mtime, entry.etag)
+    if finding is not None:
+        return _problem(entry, finding, size)
+
+    data = view.data
+    for attempt in range(2):
+        try:
+            with rasterio.Env(**GDAL_ENV), MemoryFile(data, filename=entry.name) as mem, \
+                    mem.open(driver=_DRIVERS[mime]) as src:
+                georef = None
+                if (not _is_georeferenced(src.transform) or src.crs is None) and sidecars:
+                    georef = read_georef(storage, sidecars)
+                return dalle_from_dataset(entry, size, mime, src, georef)
+        except RasterioError as exc:
+            if attempt == 0 and len(data) < size:
+                # The header runs past the prefix: read a larger part of the file, once.
+                try:
+                    data = storage.read_range(entry.path, 0, min(size, max(16 * len(data), 1 << 20)))
+                except ReadError as read_exc:
+                    return DalleProblem(entry.path, "unreadable", str(read_exc), size, entry.mtime, entry.etag)
+                continue
+            detail = f"GDAL cannot open it: {_gdal_message(exc)}"
+            return DalleProblem(entry.path, "corrupt", detail, size, entry.mtime, entry.etag)
+    raise AssertionError("unreachable")
+
+
+def _gdal_message(exc: Exception) -> str:
+    """GDAL's error without the temporary in-memory path it mentions."""
+    text = str(exc).replace("\n", " ")
+    text = re.sub(r"/vsimem/[^\s:']*", "file", text)
+    return text[:200]

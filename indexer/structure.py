@@ -1,0 +1,165 @@
+"""Integrity checks read from raster headers alone, without reading pixels.
+
+GDAL opens a GeoTIFF whose tiles were never written, or a file cut short in transfer, without a
+word: it only fails when pixels are read. These checks walk the TIFF block table and the JPEG 2000
+box structure and compare them with the real file size.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from indexer.models import Reason
+
+Fetch = Callable[[int, int], bytes]
+"""Returns bytes [start, end) of the file; may cost a ranged read on the storage."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A structural problem found in a header."""
+
+    reason: Reason
+    detail: str
+
+
+class ByteView:
+    """The bytes of a file known so far: a prefix, completed on demand through `fetch`."""
+
+    def __init__(self, prefix: bytes, size: int, fetch: Fetch) -> None:
+        self.data = prefix
+        self.size = size
+        self._fetch = fetch
+
+    def get(self, start: int, length: int) -> bytes:
+        """Bytes [start, start + length), fetched when beyond the prefix. Short at end of file."""
+        end = min(start + length, self.size)
+        if end <= len(self.data):
+            return self.data[start:end]
+        if start >= self.size:
+            return b""
+        return self._fetch(start, end)
+
+
+_TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
+                    16: 8, 17: 8, 18: 8}
+_TIFF_INT_FORMATS = {1: "B", 3: "H", 4: "I", 16: "Q", 6: "b", 8: "h", 9: "i", 17: "q", 13: "I", 18: "Q"}
+_WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 256, 257, 273, 279, 324, 325
+_WANTED = {_WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS}
+
+
+def _tiff_ifd(view: ByteView) -> tuple[str, dict[int, tuple[int, ...]]] | Finding:
+    head = view.get(0, 16)
+    if head[:2] == b"II":
+        order = "<"
+    elif head[:2] == b"MM":
+        order = ">"
+    else:
+        return Finding("corrupt", "not a TIFF file: bad byte-order mark")
+    (version,) = struct.unpack(order + "H", head[2:4])
+    if version == 42:
+        big, (ifd,) = False, struct.unpack(order + "I", head[4:8])
+    elif version == 43:
+        big, (ifd,) = True, struct.unpack(order + "Q", head[8:16])
+    else:
+        return Finding("corrupt", f"not a TIFF file: version {version}")
+    if ifd == 0 or ifd >= view.size:
+        return Finding("corrupt", "the first image directory lies past the end of the file")
+    count_fmt, entry_size = ("Q", 20) if big else ("H", 12)
+    raw_count = view.get(ifd, 8 if big else 2)
+    (count,) = struct.unpack(order + count_fmt, raw_count)
+    entries = view.get(ifd + len(raw_count), count * entry_size)
+    if len(entries) < count * entry_size:
+        return Finding("corrupt", "the image directory is cut short")
+    tags: dict[int, tuple[int, ...]] = {}
+    inline = 8 if big else 4
+    for i in range(count):
+        entry = entries[i * entry_size:(i + 1) * entry_size]
+        tag, typ = struct.unpack(order + "HH", entry[:4])
+        if tag not in _WANTED or typ not in _TIFF_INT_FORMATS:
+            continue
+        (n,) = struct.unpack(order + ("Q" if big else "I"), entry[4:12 if big else 8])
+        nbytes = n * _TIFF_TYPE_SIZES[typ]
+        value = entry[12:20] if big else entry[8:12]
+        if nbytes <= inline:
+            raw = value[:nbytes]
+        else:
+            (offset,) = struct.unpack(order + ("Q" if big else "I"), value)
+            if offset + nbytes > view.size:
+                return Finding("corrupt", f"TIFF tag {tag} lies past the end of the file")
+            raw = view.get(offset, nbytes)
+        tags[tag] = struct.unpack(f"{order}{n}{_TIFF_INT_FORMATS[typ]}", raw)
+    return order, tags
+
+
+def check_tiff(view: ByteView) -> Finding | None:
+    """Check the first image of a TIFF: size, and that its blocks exist and end within the file."""
+    parsed = _tiff_ifd(view)
+    if isinstance(parsed, Finding):
+        return parsed
+    _, tags = parsed
+    width, height = tags.get(_WIDTH, (0,))[0], tags.get(_HEIGHT, (0,))[0]
+    if width == 0 or height == 0:
+        return Finding("empty", f"the raster has no pixels ({width}x{height})")
+    offsets = tags.get(_TILE_OFFSETS) or tags.get(_STRIP_OFFSETS)
+    counts = tags.get(_TILE_COUNTS) or tags.get(_STRIP_COUNTS)
+    if not offsets or not counts or len(offsets) != len(counts):
+        return Finding("corrupt", "the TIFF block table is missing or inconsistent")
+    if not any(counts):
+        return Finding("empty", f"none of the {len(counts)} image blocks was ever written")
+    end, block = max((o + c, i) for i, (o, c) in enumerate(zip(offsets, counts, strict=True)) if c)
+    if end > view.size:
+        return Finding(
+            "corrupt",
+            f"image data cut short: block {block} ends at byte {end}, the file has {view.size} bytes",
+        )
+    return None
+
+
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+_J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
+
+
+def check_jp2(view: ByteView) -> Finding | None:
+    """Check a JPEG 2000 file: every box up to the codestream ends within the file."""
+    head = view.get(0, 12)
+    if head[:4] == _J2K_SOC_SIZ:
+        return _check_codestream(view, 0, view.size)
+    if head != _JP2_SIGNATURE:
+        return Finding("corrupt", "not a JPEG 2000 file: bad signature")
+    pos = 0
+    while pos < view.size:
+        header = view.get(pos, 16)
+        if len(header) < 8:
+            return Finding("corrupt", f"box header cut short at byte {pos}")
+        length, box = struct.unpack(">I4s", header[:8])
+        start = 8
+        if length == 1:
+            (length,) = struct.unpack(">Q", header[8:16])
+            start = 16
+        elif length == 0:
+            length = view.size - pos
+        name = box.decode("latin-1")
+        if length < start or pos + length > view.size:
+            return Finding(
+                "corrupt",
+                f"codestream cut short: box '{name}' ends at byte {pos + length}, "
+                f"the file has {view.size} bytes",
+            )
+        if box == b"jp2c":
+            return _check_codestream(view, pos + start, pos + length)
+        pos += length
+    return Finding("corrupt", "no codestream box in the JPEG 2000 file")
+
+
+def _check_codestream(view: ByteView, start: int, end: int) -> Finding | None:
+    """Check the main header's SIZ and the first tile-part length against the box end."""
+    head = view.get(start, 42)
+    if head[:4] != _J2K_SOC_SIZ or len(head) < 42:
+        return Finding("corrupt", "the JPEG 2000 codestream has no valid main header")
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", head[8:24])
+    if xsiz <= xosiz or ysiz <= yosiz:
+        return Finding("empty", f"the raster has no pixels ({ysiz - yosiz}x{xsiz - xosiz})")
+    return None
