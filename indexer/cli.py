@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rasterio.errors import NotGeoreferencedWarning
 from tqdm import tqdm
 
 from indexer import __version__
@@ -56,6 +58,8 @@ def _configure_logging(verbose: int) -> None:
 def main(ctx: click.Context, verbose: int) -> None:
     """Index PCRS orthophoto livrables: crawl a storage, read dalle headers, publish the PCRS files."""
     _configure_logging(verbose)
+    # A dalle without georeferencing is reported as data (not_georeferenced), not as a warning.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     ctx.obj = {"verbose": verbose}
 
 
