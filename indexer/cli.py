@@ -127,3 +127,15 @@ def run_index(settings: Settings, source: str, out: Path, projet_location: str |
     return {"source": result.source, "indexed": len(result.dalles), "reused": result.reused,
             "skipped": len(result.problems), "duration_s": round(result.duration_s, 3),
             "outputs": {name: str(path) for name, path in paths.items()}}
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--cols", default=7, show_default=True, help="Dalles per row of the grid.")
+@click.option("--rows", default=7, show_default=True, help="Rows of the grid.")
+def sample(folder: Path, cols: int, rows: int) -> None:
+    """Write a sample livrable into FOLDER: a grid of dalles with a hole, sub-folders and bad files."""
+    from indexer.sample import SampleSpec, make_sample_livrable
+
+    valid = make_sample_livrable(folder, SampleSpec(cols=cols, rows=rows))
+    click.echo(f"sample livrable written to {folder}: {len(valid)} valid dalles and a few bad files", err=True)
