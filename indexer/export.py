@@ -58,8 +58,8 @@ def dalle_geometry(dalle: Dalle) -> dict[str, Any]:
     lon, lat = to_wgs84(dalle.crs_wkt).transform(xy[:, 0], xy[:, 1])
     ring = np.round(np.column_stack([lon, lat]), DECIMALS)
     x, y = ring[:, 0], ring[:, 1]
-    if float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) < 0:  # clockwise: reverse
-        ring = ring[::-1]
+    if float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) < 0:  # clockwise: reverse from UL
+        ring = ring[[0, 3, 2, 1]]
     coords = [[float(a), float(b)] for a, b in ring]
     return {"type": "Polygon", "coordinates": [[*coords, coords[0]]]}
 

@@ -109,8 +109,8 @@ def resolution_cm(transform: Affine) -> float:
 
 def corners(transform: Affine, width: int, height: int) -> tuple[Point, Point, Point, Point]:
     """Upper-left, upper-right, lower-right and lower-left corners in the dalle's CRS."""
-    ul, ur, lr, ll = (transform * (0, 0), transform * (width, 0), transform * (width, height),
-                      transform * (0, height))
+    ul, ur, lr, ll = (transform @ (0, 0), transform @ (width, 0), transform @ (width, height),
+                      transform @ (0, height))
     return ul, ur, lr, ll
 
 

@@ -108,7 +108,7 @@ def check_tiff(view: ByteView) -> Finding | None:
     if not offsets or not counts or len(offsets) != len(counts):
         return Finding("corrupt", "the TIFF block table is missing or inconsistent")
     if not any(counts):
-        return Finding("empty", f"none of the {len(counts)} image blocks was ever written")
+        return Finding("empty", f"no image block was ever written ({len(counts)} in the table)")
     end, block = max((o + c, i) for i, (o, c) in enumerate(zip(offsets, counts, strict=True)) if c)
     if end > view.size:
         return Finding(
