@@ -209,6 +209,14 @@ class HTTPListingStorage(Storage):
 
         return await _with_retries(self.policy, mask_url(url), get)
 
+    def _listing_failure(self, exc: ReadError | FileNotFoundError) -> str:
+        """Why a listing page failed, naming the page unless it is the root."""
+        if isinstance(exc, ReadError):
+            what, _, cause = str(exc).partition(": ")
+            return cause if what == self.url else str(exc)
+        page = mask_url(str(exc))
+        return "not found (HTTP 404)" if page == self.url else f"{page}: not found (HTTP 404)"
+
     async def _crawl(self) -> list[FileEntry]:
         seen = {self.root_url}
         level = [self.root_url]
@@ -219,8 +227,7 @@ class HTTPListingStorage(Storage):
             try:
                 pages = await asyncio.gather(*(self._page(url) for url in level))
             except (ReadError, FileNotFoundError) as exc:
-                detail = f"{exc}" if isinstance(exc, ReadError) else f"{mask_url(str(exc))}: not found (HTTP 404)"
-                raise StorageUnreachable(f"cannot list {self.url}: {detail}") from exc
+                raise StorageUnreachable(f"cannot list {self.url}: {self._listing_failure(exc)}") from exc
             next_level = []
             for page_url, html in zip(level, pages, strict=True):
                 for link in parse_listing(html, page_url):

@@ -101,7 +101,7 @@ http {{
 }}
 """)
         self.process = subprocess.Popen([binary, "-c", str(conf), "-p", str(self.workdir)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_for_port(self.port)
         except TimeoutError:
