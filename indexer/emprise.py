@@ -40,7 +40,8 @@ def _is_geographic(crs_wkt: str) -> bool:
 def footprints(dalles: Iterable[Dalle]) -> np.ndarray:
     """Footprint polygons of dalles, in their own CRS."""
     corners = np.array([d.corners for d in dalles], dtype="float64").reshape(-1, 4, 2)
-    return shapely.polygons(corners)
+    polygons: np.ndarray = shapely.polygons(corners)
+    return polygons
 
 
 def union_native(polygons: np.ndarray, decimals: int) -> BaseGeometry:

@@ -131,8 +131,8 @@ def emprise_geometry(emprise: BaseGeometry | None) -> dict[str, Any] | None:
         return None
     snapped = shapely.set_precision(emprise, 10.0**-DECIMALS)
     oriented = shapely.orient_polygons(snapped, exterior_cw=False)
-    geometry: dict[str, Any] = json.loads(json.dumps(mapping(oriented)))
-    return _round(geometry)
+    geometry: dict[str, Any] = _round(json.loads(json.dumps(mapping(oriented))))
+    return geometry
 
 
 def _round(value: Any) -> Any:

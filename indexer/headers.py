@@ -95,7 +95,7 @@ class Georef:
 def identify_epsg(wkt: str) -> int | None:
     """The EPSG code of a CRS, looked up by pyproj when the file carries no authority code."""
     try:
-        return CRS.from_wkt(wkt).to_epsg(min_confidence=70)  # type: ignore[no-any-return]
+        return CRS.from_wkt(wkt).to_epsg(min_confidence=70)
     except CRSError:
         return None
 

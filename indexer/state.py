@@ -35,7 +35,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import CursorResult, make_url
 
 from indexer.models import Dalle, DalleProblem, FileEntry
 
@@ -136,23 +136,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _inserted_id(result: CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
 def storage_id(engine: Engine, url: str) -> int:
     """The id of a storage by its masked URL, created on first sight."""
     with engine.begin() as conn:
         found = conn.execute(select(storages.c.id).where(storages.c.url == url)).scalar()
         if found is not None:
             return int(found)
-        return int(conn.execute(insert(storages).values(url=url, status="new", dalles=0, skipped=0)
-                                ).inserted_primary_key[0])
+        return _inserted_id(conn.execute(insert(storages).values(url=url, status="new", dalles=0, skipped=0)))
 
 
 def start_scan(engine: Engine, storage: int) -> int:
     """Record a scan as running; returns its id."""
     with engine.begin() as conn:
         conn.execute(update(storages).where(storages.c.id == storage).values(status="running"))
-        return int(conn.execute(insert(scans).values(
-            storage_id=storage, status="running", step="listing", started_at=now(), heartbeat_at=now()
-        )).inserted_primary_key[0])
+        return _inserted_id(conn.execute(insert(scans).values(
+            storage_id=storage, status="running", step="listing", started_at=now(), heartbeat_at=now())))
 
 
 def update_scan(engine: Engine, scan: int, **values: Any) -> None:
@@ -180,7 +184,7 @@ def _crs_ids(conn: Any, wkts: Iterable[str]) -> dict[str, int]:
     wanted = set(wkts)
     known = {row.wkt: row.id for row in conn.execute(select(crs_table).where(crs_table.c.wkt.in_(wanted)))}
     for wkt in sorted(wanted - known.keys()):
-        known[wkt] = int(conn.execute(insert(crs_table).values(wkt=wkt)).inserted_primary_key[0])
+        known[wkt] = _inserted_id(conn.execute(insert(crs_table).values(wkt=wkt)))
     return known
 
 
