@@ -5,6 +5,8 @@
 set -euo pipefail
 
 PACKAGES=(nginx-light)
+# The distributed service tests: the broker and the shared state store.
+PACKAGES+=(redis-server postgresql)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
