@@ -23,7 +23,7 @@ from rasterio.io import DatasetReader, MemoryFile
 
 from indexer.models import Dalle, DalleProblem, FileEntry, Point
 from indexer.storage import ReadError, Storage
-from indexer.structure import ByteView, Finding, check_jp2, check_tiff
+from indexer.structure import ByteView, Finding, TiffHeader, check_jp2, read_tiff_header, without_geokeys
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _is_georeferenced(transform: Affine) -> bool:
 
 
 def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReader,
-                       georef: Georef | None = None) -> Dalle | DalleProblem:
+                       georef: Georef | None = None, crs_wkt: str | None = None) -> Dalle | DalleProblem:
     """The record of a dataset opened from `entry`, or why it cannot be indexed.
 
     Args:
@@ -128,12 +128,13 @@ def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReade
         mime: ``image/tiff`` or ``image/jp2``.
         src: the open dataset (header only, no pixel is read).
         georef: georeferencing from sidecar files, used where the header has none.
+        crs_wkt: the header's CRS when it was read from identical GeoKeys already (`src` then has none).
     """
     if src.width == 0 or src.height == 0 or src.count == 0:
         return DalleProblem(entry.path, "empty", f"the raster has no pixels ({src.height}x{src.width})",
                             size, entry.mtime, entry.etag)
     transform = src.transform
-    crs_wkt = src.crs.to_wkt() if src.crs else None
+    crs_wkt = crs_wkt or (src.crs.to_wkt() if src.crs else None)
     if georef is not None:
         transform = transform if _is_georeferenced(transform) else georef.transform or transform
         crs_wkt = crs_wkt or georef.crs_wkt
@@ -234,22 +235,32 @@ def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | N
                             size, entry.mtime, entry.etag)
 
     view = ByteView(prefix, size, lambda start, end: storage.read_range(entry.path, start, end))
+    tiff: TiffHeader | None = None
     try:
-        finding = check_tiff(view) if mime == "image/tiff" else check_jp2(view)
+        if mime == "image/tiff":
+            parsed = read_tiff_header(view)
+            finding = parsed if isinstance(parsed, Finding) else None
+            tiff = parsed if isinstance(parsed, TiffHeader) else None
+        else:
+            finding = check_jp2(view)
     except ReadError as exc:
         return DalleProblem(entry.path, "unreadable", str(exc), size, entry.mtime, entry.etag)
     if finding is not None:
         return _problem(entry, finding, size)
 
+    known_crs = _known_crs(tiff)
     data = view.data
     for attempt in range(2):
         try:
-            with rasterio.Env(**GDAL_ENV), MemoryFile(data, filename=entry.name) as mem, \
+            opened = without_geokeys(data, tiff) if known_crs and tiff else data
+            with rasterio.Env(**GDAL_ENV), MemoryFile(opened, filename=entry.name) as mem, \
                     mem.open(driver=_DRIVERS[mime]) as src:
+                if known_crs is None and tiff is not None and tiff.geokeys is not None and src.crs:
+                    _remember_crs(tiff.geokeys, src.crs.to_wkt())
                 georef = None
-                if (not _is_georeferenced(src.transform) or src.crs is None) and sidecars:
+                if (not _is_georeferenced(src.transform) or (src.crs is None and not known_crs)) and sidecars:
                     georef = read_georef(storage, sidecars)
-                return dalle_from_dataset(entry, size, mime, src, georef)
+                return dalle_from_dataset(entry, size, mime, src, georef, known_crs)
         except RasterioError as exc:
             if attempt == 0 and len(data) < size:
                 # The header runs past the prefix: read a larger part of the file, once.
@@ -261,6 +272,23 @@ def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | N
             detail = f"GDAL cannot open it: {_gdal_message(exc)}"
             return DalleProblem(entry.path, "corrupt", detail, size, entry.mtime, entry.etag)
     raise AssertionError("unreachable")
+
+
+_CRS_BY_GEOKEYS: dict[bytes, str] = {}
+"""CRS already built by GDAL, by the raw GeoKeys it came from (a livrable has one or two)."""
+
+
+def _known_crs(tiff: TiffHeader | None) -> str | None:
+    """The CRS of GeoKeys already seen, when the fast path applies to this header."""
+    if tiff is None or tiff.geokeys is None or tiff.geokey_entry is None or tiff.pixel_is_point:
+        return None  # PixelIsPoint shifts GDAL's geotransform: let GDAL read those keys itself
+    return _CRS_BY_GEOKEYS.get(tiff.geokeys)
+
+
+def _remember_crs(geokeys: bytes, crs_wkt: str) -> None:
+    if len(_CRS_BY_GEOKEYS) >= 1024:
+        _CRS_BY_GEOKEYS.clear()
+    _CRS_BY_GEOKEYS[geokeys] = crs_wkt
 
 
 def _gdal_message(exc: Exception) -> str:

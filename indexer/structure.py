@@ -48,9 +48,24 @@ _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8,
 _TIFF_INT_FORMATS = {1: "B", 3: "H", 4: "I", 16: "Q", 6: "b", 8: "h", 9: "i", 17: "q", 13: "I", 18: "Q"}
 _WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 256, 257, 273, 279, 324, 325
 _WANTED = {_WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS}
+GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
+_GEO_TAGS = (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
+_RASTER_TYPE_KEY, _PIXEL_IS_POINT = 1025, 2
 
 
-def _tiff_ifd(view: ByteView) -> tuple[str, dict[int, tuple[int, ...]]] | Finding:
+@dataclass(frozen=True, slots=True)
+class TiffHeader:
+    """What the first image directory of a TIFF says that GDAL is not asked for."""
+
+    tags: dict[int, tuple[int, ...]]
+    geokeys: bytes | None
+    """The raw GeoKey directory, double and ASCII parameters: equal bytes, equal CRS."""
+    geokey_entry: int | None
+    """Offset of the GeoKeyDirectory entry in the file, when it lies in the prefix."""
+    pixel_is_point: bool
+
+
+def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
     head = view.get(0, 16)
     if head[:2] == b"II":
         order = "<"
@@ -74,14 +89,18 @@ def _tiff_ifd(view: ByteView) -> tuple[str, dict[int, tuple[int, ...]]] | Findin
     if len(entries) < count * entry_size:
         return Finding("corrupt", "the image directory is cut short")
     tags: dict[int, tuple[int, ...]] = {}
+    geo: dict[int, bytes] = {}
+    geokey_entry = None
     inline = 8 if big else 4
+    first_entry = ifd + len(raw_count)
     for i in range(count):
         entry = entries[i * entry_size:(i + 1) * entry_size]
         tag, typ = struct.unpack(order + "HH", entry[:4])
-        if tag not in _WANTED or typ not in _TIFF_INT_FORMATS:
+        wanted = tag in _WANTED and typ in _TIFF_INT_FORMATS
+        if not wanted and tag not in _GEO_TAGS:
             continue
         (n,) = struct.unpack(order + ("Q" if big else "I"), entry[4:12 if big else 8])
-        nbytes = n * _TIFF_TYPE_SIZES[typ]
+        nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
         value = entry[12:20] if big else entry[8:12]
         if nbytes <= inline:
             raw = value[:nbytes]
@@ -90,16 +109,53 @@ def _tiff_ifd(view: ByteView) -> tuple[str, dict[int, tuple[int, ...]]] | Findin
             if offset + nbytes > view.size:
                 return Finding("corrupt", f"TIFF tag {tag} lies past the end of the file")
             raw = view.get(offset, nbytes)
-        tags[tag] = struct.unpack(f"{order}{n}{_TIFF_INT_FORMATS[typ]}", raw)
-    return order, tags
+        if wanted:
+            tags[tag] = struct.unpack(f"{order}{n}{_TIFF_INT_FORMATS[typ]}", raw)
+        else:
+            geo[tag] = raw
+            if tag == GEO_KEY_DIRECTORY and first_entry + (i + 1) * entry_size <= len(view.data):
+                geokey_entry = first_entry + i * entry_size
+    pixel_is_point = False
+    directory = geo.get(GEO_KEY_DIRECTORY, b"")
+    shorts = struct.unpack(f"{order}{len(directory) // 2}H", directory[: len(directory) // 2 * 2])
+    for k in range(4, len(shorts) - 3, 4):
+        if shorts[k] == _RASTER_TYPE_KEY and shorts[k + 1] == 0:
+            pixel_is_point = shorts[k + 3] == _PIXEL_IS_POINT
+    geokeys = order.encode() + b"|".join(geo.get(t, b"") for t in _GEO_TAGS) if directory else None
+    return TiffHeader(tags, geokeys, geokey_entry, pixel_is_point)
+
+
+def read_tiff_header(view: ByteView) -> TiffHeader | Finding:
+    """Parse a TIFF's first image directory and check its integrity (see `check_tiff`)."""
+    parsed = _tiff_ifd(view)
+    if isinstance(parsed, Finding):
+        return parsed
+    problem = _check_blocks(parsed.tags, view.size)
+    return problem if problem is not None else parsed
+
+
+def without_geokeys(data: bytes, header: TiffHeader) -> bytes:
+    """The same TIFF bytes with the GeoKey directory hidden from GDAL (its tag renumbered).
+
+    Building a CRS from GeoKeys costs GDAL about a millisecond of PROJ database lookups per file;
+    dalles of a livrable share their GeoKeys, so the CRS is built once and the rest of the
+    header (size, bands, geotransform, compression) is read without it.
+    """
+    if header.geokey_entry is None:
+        raise ValueError("the GeoKey directory entry is not in the prefix")
+    order = "<" if data[:2] == b"II" else ">"
+    patched = bytearray(data)
+    struct.pack_into(order + "H", patched, header.geokey_entry, GEO_KEY_DIRECTORY - 1)
+    return bytes(patched)
 
 
 def check_tiff(view: ByteView) -> Finding | None:
     """Check the first image of a TIFF: size, and that its blocks exist and end within the file."""
-    parsed = _tiff_ifd(view)
-    if isinstance(parsed, Finding):
-        return parsed
-    _, tags = parsed
+    parsed = read_tiff_header(view)
+    return parsed if isinstance(parsed, Finding) else None
+
+
+def _check_blocks(tags: dict[int, tuple[int, ...]], file_size: int) -> Finding | None:
     width, height = tags.get(_WIDTH, (0,))[0], tags.get(_HEIGHT, (0,))[0]
     if width == 0 or height == 0:
         return Finding("empty", f"the raster has no pixels ({width}x{height})")
@@ -110,10 +166,10 @@ def check_tiff(view: ByteView) -> Finding | None:
     if not any(counts):
         return Finding("empty", f"no image block was ever written ({len(counts)} in the table)")
     end, block = max((o + c, i) for i, (o, c) in enumerate(zip(offsets, counts, strict=True)) if c)
-    if end > view.size:
+    if end > file_size:
         return Finding(
             "corrupt",
-            f"image data cut short: block {block} ends at byte {end}, the file has {view.size} bytes",
+            f"image data cut short: block {block} ends at byte {end}, the file has {file_size} bytes",
         )
     return None
 

@@ -212,3 +212,35 @@ def test_a_non_raster_is_not_read(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     with pytest.raises(ValueError, match="not a raster candidate"):
         read_dalle(storage, FileEntry("notes.txt", 5))
+
+
+def test_identical_geokeys_are_read_once_and_give_the_same_record(make_dalle, monkeypatch) -> None:
+    from indexer import headers
+
+    monkeypatch.setattr(headers, "_CRS_BY_GEOKEYS", {})
+    first = make_dalle("a.tif", (700000.0, 6600200.0), pixels=200, resolution_m=1.0)
+    second = make_dalle("b.tif", (700200.0, 6600200.0), pixels=200, resolution_m=1.0)
+    storage = LocalStorage(first.parent)
+    entries = {e.path: e for e in storage.list_files()}
+    slow = read_dalle(storage, entries["a.tif"])
+    assert len(headers._CRS_BY_GEOKEYS) == 1
+    fast = read_dalle(storage, entries["b.tif"])
+    again = read_dalle(storage, entries["a.tif"])
+    assert again == slow
+    assert isinstance(fast, Dalle) and isinstance(slow, Dalle)
+    assert (fast.crs_wkt, fast.epsg) == (slow.crs_wkt, 2154)
+    assert fast.corners[0] == (700200.0, 6600200.0)
+
+
+def test_pixel_is_point_geotiff_keeps_gdal_geotransform(tmp_path: Path) -> None:
+    path = tmp_path / "point.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8", crs="EPSG:2154",
+                       transform=from_origin(700000, 6600200, 1, 1)) as dst:
+        dst.update_tags(AREA_OR_POINT="Point")
+        dst.write(np.zeros((1, 10, 10), "uint8"))
+    with rasterio.open(path) as src:
+        expected = src.transform
+    for _ in range(2):
+        dalle = read(path)
+        assert isinstance(dalle, Dalle)
+        assert dalle.corners[0] == (expected.c, expected.f)
