@@ -1,0 +1,331 @@
+"""An HTTP file server on loopback that adds a fixed latency to every request, for the benchmark.
+
+It serves a folder the way nginx does with ``autoindex on; autoindex_exact_size on``: listing
+pages with exact sizes and dates, ``HEAD``, ranged ``GET`` answered ``206`` with a
+``Content-Range``, ``ETag`` and ``Last-Modified``, keep-alive and any number of concurrent
+connections. Every request waits `latency` seconds before it is answered, like a distant server.
+
+It counts what it answers (requests by kind, bytes sent, headers included) and serves the
+counters as JSON on ``GET /_bench/stats``; ``POST /_bench/reset`` sets them to zero. Those two
+paths are neither delayed nor counted.
+
+Run it as its own process (``python -m indexer.latency_server ROOT``): `rasterio` holds the GIL
+while GDAL waits on a socket, so a server thread inside the reading process would stall. The
+`LatencyServer` class starts and stops that process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import json
+import os
+import re
+import resource
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import formatdate
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote, unquote
+
+from aiohttp import web
+
+STATS_PATH = "/_bench/stats"
+RESET_PATH = "/_bench/reset"
+SERVER_NAME = "nginx/1.22.1"
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_REASONS = {200: "OK", 206: "Partial Content", 301: "Moved Permanently", 404: "Not Found",
+            405: "Not Allowed", 416: "Requested Range Not Satisfiable"}
+
+
+@dataclass(slots=True)
+class Counters:
+    """What the server answered since the last reset."""
+
+    requests: int = 0
+    listing_requests: int = 0
+    raster_requests: int = 0
+    """HEAD or GET of a file (any file that is not a listing page)."""
+    head_requests: int = 0
+    range_requests: int = 0
+    full_gets: int = 0
+    not_found: int = 0
+    bytes_sent: int = 0
+    listing_bytes: int = 0
+    raster_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    cpu_s_at_reset: float = field(default_factory=lambda: _cpu_s())
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as JSON values, with the server's CPU time since the reset."""
+        return {
+            "requests": self.requests, "listing_requests": self.listing_requests,
+            "raster_requests": self.raster_requests, "head_requests": self.head_requests,
+            "range_requests": self.range_requests, "full_gets": self.full_gets,
+            "not_found": self.not_found, "bytes_sent": self.bytes_sent,
+            "listing_bytes": self.listing_bytes, "raster_bytes": self.raster_bytes,
+            "server_cpu_s": round(_cpu_s() - self.cpu_s_at_reset, 3),
+        }
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def http_date(timestamp: float) -> str:
+    """An RFC 7231 date, as in ``Last-Modified``."""
+    return formatdate(timestamp, usegmt=True)
+
+
+def listing_page(url_path: str, folder: Path) -> str:
+    """The nginx ``autoindex`` page of a folder: folders first, then files, with exact sizes."""
+    dirs: list[tuple[str, float]] = []
+    files: list[tuple[str, float, int]] = []
+    with os.scandir(folder) as it:
+        for item in it:
+            if item.name.startswith("."):
+                continue
+            st = item.stat()
+            if item.is_dir():
+                dirs.append((item.name, st.st_mtime))
+            else:
+                files.append((item.name, st.st_mtime, st.st_size))
+    title = html.escape(url_path)
+    lines = [f"<html>\r\n<head><title>Index of {title}</title></head>\r\n<body>\r\n"
+             f'<h1>Index of {title}</h1><hr><pre><a href="../">../</a>\r\n']
+    for name, mtime in sorted(dirs):
+        lines.append(_listing_line(name + "/", mtime, "-"))
+    for name, mtime, size in sorted(files):
+        lines.append(_listing_line(name, mtime, str(size)))
+    lines.append("</pre><hr></body>\r\n</html>\r\n")
+    return "".join(lines)
+
+
+def _listing_line(name: str, mtime: float, size: str) -> str:
+    shown = name if len(name) <= 50 else name[:47] + "..>"
+    date = datetime.fromtimestamp(mtime, tz=UTC).strftime("%d-%b-%Y %H:%M")
+    return (f'<a href="{quote(name)}">{html.escape(shown)}</a>{" " * (51 - len(shown))}'
+            f"{date} {size:>19}\r\n")
+
+
+class FileServer:
+    """The aiohttp handlers: files and listings under `root`, each answer delayed by `latency`."""
+
+    def __init__(self, root: Path, latency: float) -> None:
+        self.root = root.resolve()
+        self.latency = latency
+        self.counters = Counters()
+
+    def app(self) -> web.Application:
+        """The web application."""
+        app = web.Application()
+        app.router.add_get(STATS_PATH, self.stats)
+        app.router.add_post(RESET_PATH, self.reset)
+        app.router.add_route("*", "/{tail:.*}", self.serve)
+        return app
+
+    async def stats(self, _request: web.Request) -> web.Response:
+        """The counters, as JSON."""
+        return web.json_response(self.counters.as_dict())
+
+    async def reset(self, _request: web.Request) -> web.Response:
+        """Set the counters to zero."""
+        self.counters = Counters()
+        return web.json_response({"reset": True})
+
+    def _respond(self, status: int, headers: dict[str, str], body: bytes, head: bool, kind: str
+                 ) -> web.Response:
+        length = headers.pop("Content-Length", str(len(body)))
+        headers = {"Server": SERVER_NAME, "Date": http_date(time.time()), **headers}
+        sent_body = b"" if head else body
+        header_bytes = len(f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n") + 2 + sum(
+            len(k) + len(v) + 4 for k, v in headers.items()) + len("Content-Length: \r\n") + len(length)
+        c = self.counters
+        c.bytes_sent += header_bytes + len(sent_body)
+        if kind == "listing":
+            c.listing_requests += 1
+            c.listing_bytes += header_bytes + len(sent_body)
+        elif kind == "file":
+            c.raster_requests += 1
+            c.raster_bytes += header_bytes + len(sent_body)
+        if status == 404:
+            c.not_found += 1
+        response = web.Response(status=status, headers=headers, body=None if head else body)
+        if head:
+            # aiohttp would otherwise answer Content-Length: 0 to a HEAD without a body.
+            response.headers["Content-Length"] = length
+        return response
+
+    async def serve(self, request: web.Request) -> web.StreamResponse:
+        """A listing page, a file or a part of it, after the latency."""
+        await asyncio.sleep(self.latency)
+        self.counters.requests += 1
+        head = request.method == "HEAD"
+        if head:
+            self.counters.head_requests += 1
+        if request.method not in ("GET", "HEAD"):
+            return self._respond(405, {"Content-Type": "text/plain"}, b"not allowed\n", head, "other")
+        url_path = unquote(request.rel_url.raw_path)
+        target = (self.root / url_path.lstrip("/")).resolve()
+        if target != self.root and self.root not in target.parents:
+            return self._respond(404, {"Content-Type": "text/html"}, b"not found\n", head, "other")
+        if target.is_dir():
+            if not url_path.endswith("/"):
+                return self._respond(301, {"Location": request.rel_url.raw_path + "/",
+                                           "Content-Type": "text/html"}, b"", head, "listing")
+            page = listing_page(url_path, target).encode("utf-8")
+            return self._respond(200, {"Content-Type": "text/html; charset=utf-8"}, page, head, "listing")
+        if not target.is_file():
+            return self._respond(404, {"Content-Type": "text/html"}, b"not found\n", head, "other")
+        return self._file(request, target, head)
+
+    def _file(self, request: web.Request, target: Path, head: bool) -> web.Response:
+        st = target.stat()
+        size = st.st_size
+        headers = {"Content-Type": "image/jp2" if target.suffix.lower() == ".jp2" else "image/tiff",
+                   "Last-Modified": http_date(st.st_mtime), "ETag": f'"{int(st.st_mtime):x}-{size:x}"',
+                   "Accept-Ranges": "bytes"}
+        spec = request.headers.get("Range", "")
+        match = _RANGE.match(spec.replace(" ", ""))
+        if head or not match:
+            if not head:
+                self.counters.full_gets += 1
+            body = b"" if head else target.read_bytes()
+            if head:
+                headers["Content-Length"] = str(size)
+            return self._respond(200, headers, body, head, "file")
+        first, last = match.groups()
+        if first == "":
+            start, end = max(size - int(last or 0), 0), size - 1
+        else:
+            start, end = int(first), min(int(last), size - 1) if last else size - 1
+        if start >= size or end < start:
+            headers["Content-Range"] = f"bytes */{size}"
+            return self._respond(416, headers, b"", head, "file")
+        self.counters.range_requests += 1
+        fd = os.open(target, os.O_RDONLY)
+        try:
+            body = os.pread(fd, end - start + 1, start)
+        finally:
+            os.close(fd)
+        headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        return self._respond(206, headers, body, head, "file")
+
+
+async def _serve_forever(root: Path, latency: float, port: int) -> None:
+    server = FileServer(root, latency)
+    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    site = web.SockSite(runner, sock, backlog=4096)
+    await site.start()
+    sys.stdout.write(f"PORT {sock.getsockname()[1]}\n")
+    sys.stdout.flush()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve ROOT on 127.0.0.1 until SIGTERM or SIGINT; print ``PORT n`` once listening."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("root", type=Path, help="Folder to serve.")
+    parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one.")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="Delay added to every request.")
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_forever(args.root, args.latency_ms / 1000.0, args.port))
+
+
+class LatencyServer:
+    """The latency server in a child process: a context manager that always stops it."""
+
+    def __init__(self, root: Path, latency_ms: float = 20.0, start_timeout_s: float = 20.0) -> None:
+        self.root = root
+        self.latency_ms = latency_ms
+        self.start_timeout_s = start_timeout_s
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, with a trailing slash."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self) -> LatencyServer:
+        """Start the process and wait until it listens."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "indexer.latency_server", str(self.root),
+             "--latency-ms", str(self.latency_ms)],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        assert self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        deadline = time.monotonic() + self.start_timeout_s
+        buffer = b""
+        while time.monotonic() < deadline and self.process.poll() is None:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                buffer += os.read(fd, 4096)
+            if b"\n" in buffer:
+                line = buffer.split(b"\n", 1)[0].decode()
+                if line.startswith("PORT "):
+                    self.port = int(line.split()[1])
+                    return self
+        self.stop()
+        raise RuntimeError(f"the latency server did not start within {self.start_timeout_s} s")
+
+    def stop(self) -> None:
+        """Stop the process and wait for it (killed after 10 s)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.process = None
+
+    def _call(self, method: str, path: str) -> dict[str, Any]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+    def stats(self) -> dict[str, Any]:
+        """The counters since the last reset."""
+        return self._call("GET", STATS_PATH)
+
+    def reset(self) -> None:
+        """Set the counters to zero."""
+        self._call("POST", RESET_PATH)
+
+    def __enter__(self) -> LatencyServer:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    main()
