@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import sys
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
@@ -135,6 +136,8 @@ def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReade
                             size, entry.mtime, entry.etag)
     transform = src.transform
     crs_wkt = crs_wkt or (src.crs.to_wkt() if src.crs else None)
+    if crs_wkt is not None:
+        crs_wkt = sys.intern(crs_wkt)  # one string per CRS, not one per dalle
     if georef is not None:
         transform = transform if _is_georeferenced(transform) else georef.transform or transform
         crs_wkt = crs_wkt or georef.crs_wkt
