@@ -27,7 +27,7 @@ from indexer.projet import Livrable, Projet, load_projet, select_livrable
 from indexer.scan import ScanOptions, scan_storage
 from indexer.settings import Settings, get_settings
 from indexer.state import create_store
-from indexer.storage import RetryPolicy, open_storage
+from indexer.storage import AccessOptions, open_storage
 
 T = TypeVar("T")
 
@@ -116,12 +116,12 @@ def run_index(settings: Settings, source: str, out: Path, projet_location: str |
     if projet_location:
         projet = load_projet(projet_location, settings.timeout_s)
         livrable = select_livrable(projet, livrable_name, source)
-    policy = RetryPolicy(retries=settings.retries, timeout_s=settings.timeout_s)
-    storage = open_storage(source, policy, settings.user_agent)
+    storage = open_storage(source, options=AccessOptions.from_settings(settings))
     engine = create_store(db_url or settings.database_url())
     options = ScanOptions(concurrency=concurrency or settings.concurrency, header_bytes=settings.header_bytes,
                           full=full)
-    result = scan_storage(storage, engine, options, _progress(progress))
+    with storage:
+        result = scan_storage(storage, engine, options, _progress(progress))
     emprise = compute_emprise(result.dalles)
     paths = write_outputs(out, result, emprise, projet, livrable, date.today())
     return {"source": result.source, "indexed": len(result.dalles), "reused": result.reused,

@@ -19,3 +19,14 @@ class StorageUnreachable(IndexerError):
 
 class LivrableNotFound(IndexerError):
     """The projet document has no livrable matching the request."""
+
+
+class ForbiddenAddress(StorageUnreachable):
+    """The storage resolves to a loopback, private, link-local or multicast address not allowed.
+
+    Not transient: only the ``allowed_networks`` setting or the storage's address can change it.
+    """
+
+
+class ListingLimitReached(StorageUnreachable):
+    """The crawl went past the depth or entry cap: the listing is stopped rather than left to run."""

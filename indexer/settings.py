@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from functools import lru_cache
+from ipaddress import ip_network
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
@@ -27,12 +31,82 @@ class Settings(BaseSettings):
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of every network call.")
     retries: int = Field(default=3, ge=0, le=10, description="Retries of a transient network failure.")
     user_agent: str = "pcrs-indexer/0.1 (+https://pcrs.beta.gouv.fr)"
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR, comma-separated or a JSON list) a storage may resolve to besides public "
+                    "addresses; loopback, private, link-local and multicast ones are refused otherwise.")
+    max_depth: int = Field(default=32, ge=0, le=1000, description="Folder levels crawled below a storage's root.")
+    max_entries: int = Field(default=2_000_000, ge=1, description="Files listed in one storage before giving up.")
+    ftp_max_connections: int = Field(
+        default=2, ge=1, le=32, description="Logged-in connections to one FTP server; public servers refuse more.")
+    tls_ca_file: Path | None = Field(
+        default=None, description="Extra CA certificates (PEM) trusted for https:// and ftps:// storages.")
+    sftp_key_file: Path | None = Field(default=None, description="Private key for sftp:// storages.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (OVH, Scaleway, MinIO…); default AWS.")
+    s3_region: str | None = Field(default=None, description="S3 region; default the AWS configuration's.")
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        """Accept ``10.0.0.0/8,127.0.0.1`` as well as a JSON list, and check each network."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [v for v in text.replace(",", " ").split() if v]
+        if isinstance(value, list):
+            for network in value:
+                ip_network(str(network), strict=False)
+            return [str(network) for network in value]
+        return value
+
+    # The distributed service: Celery workers and beat (tasks/, config/celeryconfig.py).
+    broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
+    result_backend: str | None = Field(default=None, description="Celery result backend; default the broker.")
+    celery_config: Path | None = Field(
+        default=None, description="Celery settings module; default config/celeryconfig.py of the source tree.")
+    output_dir: Path | None = Field(
+        default=None, description="Where workers publish each storage's files, in a folder named by its id; "
+                                  "default data_dir/outputs.")
+    chunk_size: int = Field(default=300, ge=1, le=100_000, description="Dalles whose headers one task reads.")
+    host_connection_cap: int = Field(
+        default=4, ge=0, description="Connections to one storage host at once, all workers together; 0: no cap.")
+    host_lease_s: float = Field(
+        default=60.0, gt=0, description="Life of a host connection slot whose worker stopped renewing it.")
+    host_wait_s: float = Field(
+        default=1800.0, gt=0, description="Longest wait for a host connection slot before the task is retried.")
+    reindex_every: timedelta = Field(
+        default=timedelta(days=7), description="Age of a storage's last scan that makes it due (seconds or P7D).")
+    reindex_stagger: timedelta = Field(
+        default=timedelta(days=1), description="Each storage's fixed offset within this spread, so that storages "
+                                               "published together are not all re-indexed at once.")
+    reindex_batch: int = Field(default=50, ge=1, description="Most scans one tick of the schedule queues.")
+    reindex_check_every_s: float = Field(default=300.0, gt=0, description="How often beat looks for due storages.")
+    watchdog_every_s: float = Field(default=60.0, gt=0, description="How often beat looks for stalled scans.")
+    stale_after: timedelta = Field(
+        default=timedelta(minutes=15), description="A scan whose heartbeat is older than this is requeued.")
+    heartbeat_every_s: float = Field(default=30.0, gt=0, description="How often a busy task records its heartbeat.")
+    task_max_retries: int = Field(default=5, ge=0, description="Retries of a task failing transiently.")
+    task_retry_backoff_s: float = Field(default=10.0, ge=0, description="First retry delay, doubled each time.")
+    task_retry_backoff_max_s: float = Field(default=600.0, ge=0, description="Longest retry delay.")
+    visibility_timeout_s: int = Field(
+        default=7200, ge=1, description="Seconds before a message a lost worker took is delivered again; "
+                                        "longer than the longest task.")
+    broker_restore_every_s: int = Field(
+        default=10, ge=1, description="How often workers look for messages of lost workers to deliver again.")
 
     def database_url(self) -> str:
         """The state store URL: ``db_url`` when set, else a SQLite file in ``data_dir``."""
         if self.db_url:
             return self.db_url
         return f"sqlite:///{self.data_dir / 'pcrs-indexer.sqlite'}"
+
+    def outputs_dir(self) -> Path:
+        """Where workers publish each storage's files: ``output_dir``, else ``data_dir/outputs``."""
+        return self.output_dir or self.data_dir / "outputs"
+
+    def results_url(self) -> str:
+        """The Celery result backend: ``result_backend`` when set, else the broker."""
+        return self.result_backend or self.broker_url
 
 
 @lru_cache(maxsize=1)

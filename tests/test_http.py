@@ -10,6 +10,7 @@ from urllib.parse import unquote
 import pytest
 from click.testing import CliRunner
 
+from indexer.addresses import AddressPolicy
 from indexer.cli import main
 from indexer.storage import HTTPListingStorage, RetryPolicy
 
@@ -78,7 +79,7 @@ def test_sidecar_listed_is_read_only_for_a_dalle_that_needs_it(make_dalle, serve
 
 def test_sizes_and_dates_come_from_the_listing(sample_livrable: Path, serve) -> None:
     server = serve(sample_livrable)
-    storage = HTTPListingStorage(server.url + "/", RetryPolicy(), "test")
+    storage = HTTPListingStorage(server.url + "/", RetryPolicy(), "test", addresses=AddressPolicy.of(["127.0.0.1"]))
     entries = {e.path: e for e in storage.list_files()}
     path = "lot 2/secteur été/PCRS_651600_6861400_L93.jp2"
     assert entries[path].size == (sample_livrable / path).stat().st_size
