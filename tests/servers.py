@@ -6,11 +6,15 @@ indexer really asked for on the server side.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +137,466 @@ http {{
         """Forget the requests logged so far (nginx keeps appending to the same file)."""
         if self.log.exists():
             self.log.write_text("")
+
+
+def public_folder(prefix: str = "pcrs-served-") -> Path:
+    """A new folder every user can read: servers that drop root privileges serve from here.
+
+    pytest's own temporary folders are private to root, so Apache's workers, the FTP and SFTP
+    sessions (which run as unprivileged users) could not read them. The caller removes it.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    folder.chmod(0o755)
+    return folder
+
+
+def _access_log(path: Path) -> list[Request]:
+    """Requests of a ``method|path|status|bytes|range`` access log (nginx, Apache, lighttpd)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        method, target, status, sent, rng = line.split("|", 4)
+        out.append(Request(method, target, int(status), 0 if sent in ("-", "") else int(sent),
+                           "" if rng in ("-", "") else rng))
+    return out
+
+
+class _Process:
+    """A server run as a child process in the foreground, on a free port of 127.0.0.1."""
+
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stderr = workdir / "stderr.log"
+
+    def _spawn(self, command: list[str], env: dict[str, str] | None = None, timeout: float = 15.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with open(self.stderr, "ab") as err:
+            self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err,
+                                            env=env, start_new_session=True)
+        try:
+            wait_for_port(self.port, timeout)
+        except TimeoutError as exc:
+            self.stop()
+            logs = "".join(p.read_text(errors="replace") for p in (self.stderr, self.workdir / "error.log")
+                           if p.exists())
+            raise RuntimeError(f"{command[0]} did not start: {logs[-2000:]}") from exc
+
+    def stop(self) -> None:
+        """Stop the server and wait for it."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Apache(_Process):
+    """Apache httpd with mod_autoindex serving `root` three ways, one access-log line per request.
+
+    ``/fancy/`` is FancyIndexing (a ``<pre>`` with sort links), ``/table/`` FancyIndexing with
+    HTMLTable, ``/plain/`` the plain list.
+    """
+
+    stop_signal = signal.SIGWINCH  # graceful stop
+
+    def __init__(self, root: Path, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.root = root
+        self.log = workdir / "access.log"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Apache:
+        """Write the config and start httpd in the foreground."""
+        binary = find_binary("apache2", "/usr/sbin/apache2")
+        modules = "/usr/lib/apache2/modules"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        aliases = {"fancy": "FancyIndexing", "table": "FancyIndexing HTMLTable", "plain": ""}
+        blocks = "\n".join(f"""
+Alias /{name}/ "{self.root}/"
+<Location /{name}/>
+    IndexOptions {options} Charset=UTF-8
+</Location>""" for name, options in aliases.items())
+        conf = self.workdir / "httpd.conf"
+        conf.write_text(f"""
+ServerRoot "{self.workdir}"
+ServerName 127.0.0.1
+Listen 127.0.0.1:{self.port}
+PidFile "{self.workdir}/httpd.pid"
+DefaultRuntimeDir "{self.workdir}"
+Mutex file:{self.workdir} default
+LoadModule mpm_event_module {modules}/mod_mpm_event.so
+LoadModule authz_core_module {modules}/mod_authz_core.so
+LoadModule alias_module {modules}/mod_alias.so
+LoadModule dir_module {modules}/mod_dir.so
+LoadModule autoindex_module {modules}/mod_autoindex.so
+LoadModule mime_module {modules}/mod_mime.so
+TypesConfig /dev/null
+User www-data
+Group www-data
+ErrorLog "{self.workdir}/error.log"
+LogLevel warn
+LogFormat "%m|%U|%>s|%B|%{{Range}}i" counted
+CustomLog "{self.log}" counted
+AddType image/tiff .tif .tiff
+AddType image/jp2 .jp2
+AddType text/plain .tfw .txt
+DocumentRoot "{self.root}"
+<Directory "{self.root}">
+    Options +Indexes +FollowSymLinks
+    Require all granted
+</Directory>
+{blocks}
+""")
+        self._spawn([binary, "-f", str(conf), "-DFOREGROUND"])
+        return self
+
+    def requests(self) -> list[Request]:
+        """Every request logged so far."""
+        return _access_log(self.log)
+
+
+class Lighttpd(_Process):
+    """lighttpd with mod_dirlisting serving `root`, one access-log line per request."""
+
+    def __init__(self, root: Path, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.root = root
+        self.log = workdir / "access.log"
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Lighttpd:
+        """Write the config and start lighttpd in the foreground."""
+        binary = find_binary("lighttpd", "/usr/sbin/lighttpd")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "lighttpd.conf"
+        conf.write_text(f"""
+server.modules = ("mod_dirlisting", "mod_accesslog")
+server.document-root = "{self.root}"
+server.bind = "127.0.0.1"
+server.port = {self.port}
+server.errorlog = "{self.workdir}/error.log"
+server.pid-file = "{self.workdir}/lighttpd.pid"
+dir-listing.activate = "enable"
+dir-listing.encoding = "utf-8"
+accesslog.filename = "{self.log}"
+accesslog.format = "%m|%U|%s|%b|%{{Range}}i"
+mimetype.assign = (".tif" => "image/tiff", ".jp2" => "image/jp2", ".txt" => "text/plain",
+                   "" => "application/octet-stream")
+""")
+        self._spawn([binary, "-D", "-f", str(conf)])
+        return self
+
+    def requests(self) -> list[Request]:
+        """Every request logged so far."""
+        return _access_log(self.log)
+
+
+_HTTP_SERVER_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+
+
+class PythonHTTP(_Process):
+    """Python's ``http.server`` serving `root`: a bare list of links, no sizes, no ranges."""
+
+    def __init__(self, root: Path, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.root = root
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PythonHTTP:
+        """Start ``python -m http.server``."""
+        self._spawn([sys.executable, "-m", "http.server", str(self.port), "--bind", "127.0.0.1",
+                     "--directory", str(self.root)])
+        return self
+
+    def requests(self) -> list[Request]:
+        """Every request logged so far (its log has no byte counts nor ranges)."""
+        out = []
+        for line in self.stderr.read_text(errors="replace").splitlines():
+            match = _HTTP_SERVER_LINE.search(line)
+            if match:
+                out.append(Request(match["method"], match["path"], int(match["status"]), 0, ""))
+        return out
+
+
+class FaultyHTTP(_Process):
+    """An HTTP server failing on purpose (see `tests/fault_server.py`), each request logged."""
+
+    def __init__(self, root: Path, workdir: Path, *, fail_first: int = 0, stall: str | None = None,
+                 silent: bool = False) -> None:
+        super().__init__(workdir)
+        self.root = root
+        self.log = workdir / "requests.log"
+        self.options = ["--fail-first", str(fail_first)]
+        if stall is not None:
+            self.options += ["--stall", stall]
+        if silent:
+            self.options.append("--silent")
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FaultyHTTP:
+        """Start the server script."""
+        script = Path(__file__).with_name("fault_server.py")
+        self._spawn([sys.executable, str(script), str(self.root), str(self.port), "--log", str(self.log),
+                     *self.options])
+        return self
+
+    def requests(self) -> list[Request]:
+        """Every request received so far, with the status it got."""
+        return _access_log(self.log)
+
+
+@dataclass(frozen=True, slots=True)
+class FTPCommand:
+    """One command an FTP session sent, as ProFTPD logged it."""
+
+    session: int
+    command: str
+    argument: str
+    status: str
+
+
+class ProFTPD(_Process):
+    """ProFTPD on 127.0.0.1: a user with a password and an anonymous area, both over `root`.
+
+    At most `max_clients` connections from one host, as public servers do. Every command is
+    logged with its session's process id, so tests count logins, connections and transfers.
+    `mlsd=False` stops advertising MLSD (clients fall back to LIST); `tls=True` requires
+    explicit TLS (AUTH TLS), with `cert`/`key` as the server's certificate.
+    """
+
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, root: Path, workdir: Path, *, user: str = "pcrs", password: str = "ftp-secret",
+                 max_clients: int = 2, mlsd: bool = True, tls: tuple[Path, Path] | None = None) -> None:
+        super().__init__(workdir)
+        self.root = root
+        self.user = user
+        self.password = password
+        self.max_clients = max_clients
+        self.mlsd = mlsd
+        self.tls = tls
+        self.log = workdir / "commands.log"
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:port``."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ProFTPD:
+        """Write the config and the user file, then start proftpd in the foreground."""
+        binary = find_binary("proftpd", "/usr/sbin/proftpd")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        hashed = subprocess.run(["openssl", "passwd", "-6", "-stdin"], input=self.password.encode(),
+                                capture_output=True, check=True).stdout.decode().strip()
+        users = self.workdir / "ftpd.passwd"
+        users.write_text(f"{self.user}:{hashed}:65534:65534::{self.root}:/bin/false\n"
+                         f"ftp:*:65534:65534::{self.root}:/bin/false\n")
+        users.chmod(0o600)
+        groups = self.workdir / "ftpd.group"
+        groups.write_text("nogroup:x:65534:\n")
+        groups.chmod(0o600)
+        tls = ""
+        if self.tls:
+            cert, key = self.tls
+            tls = f"""
+ModulePath /usr/lib/proftpd
+LoadModule mod_tls.c
+TLSEngine on
+TLSRequired on
+TLSProtocol TLSv1.2 TLSv1.3
+TLSRSACertificateFile {cert}
+TLSRSACertificateKeyFile {key}
+TLSVerifyClient off
+TLSLog {self.workdir}/tls.log
+"""
+        conf = self.workdir / "proftpd.conf"
+        conf.write_text(f"""
+ServerType standalone
+ServerName "pcrs-test"
+DefaultServer on
+DefaultAddress 127.0.0.1
+Port {self.port}
+UseIPv6 off
+User nobody
+Group nogroup
+PidFile {self.workdir}/proftpd.pid
+ScoreboardFile {self.workdir}/proftpd.scoreboard
+DelayEngine off
+WtmpLog off
+UseReverseDNS off
+SystemLog {self.workdir}/system.log
+TransferLog {self.workdir}/xferlog
+AuthOrder mod_auth_file.c
+AuthUserFile {users}
+AuthGroupFile {groups}
+RequireValidShell off
+DefaultRoot ~
+MaxInstances 50
+MaxClientsPerHost {self.max_clients} "Sorry, the maximum number of clients (%m) from your host are already connected."
+TimeoutIdle 120
+FactsAdvertise {"on" if self.mlsd else "off"}
+LogFormat counted "%P|%m|%s|%r"
+ExtendedLog {self.log} ALL counted
+{tls}
+<Anonymous {self.root}>
+    User ftp
+    Group nogroup
+    UserAlias anonymous ftp
+    RequireValidShell off
+    <Limit WRITE>
+        DenyAll
+    </Limit>
+</Anonymous>
+""")
+        self._spawn([binary, "-n", "-c", str(conf)])
+        return self
+
+    def commands(self) -> list[FTPCommand]:
+        """Every command logged so far, in order."""
+        if not self.log.exists():
+            return []
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            pid, command, status, request = line.split("|", 3)
+            argument = request.partition(" ")[2]
+            out.append(FTPCommand(int(pid), command, argument, status))
+        return out
+
+    def logins(self) -> list[int]:
+        """The sessions that logged in successfully, one entry per login."""
+        return [c.session for c in self.commands() if c.command == "PASS" and c.status == "230"]
+
+
+SFTP_USER = "pcrs-sftp"
+"""The system user the SFTP tests log in as; created by `SSHD.start` when missing."""
+
+
+class SSHD(_Process):
+    """OpenSSH's sshd with only the internal-sftp subsystem, for the test user (password or key).
+
+    Runs as root in the foreground (``-D -e``); its log, on stderr, shows every login.
+    """
+
+    def __init__(self, workdir: Path, password: str = "sftp-Secret-4242") -> None:
+        super().__init__(workdir)
+        self.password = password
+        self.client_key = workdir / "client_key"
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:port``."""
+        return f"127.0.0.1:{self.port}"
+
+    def _ensure_user(self) -> None:
+        if subprocess.run(["getent", "passwd", SFTP_USER], capture_output=True).returncode != 0:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                            "--shell", "/usr/sbin/nologin", SFTP_USER], check=True, capture_output=True)
+        subprocess.run(["chpasswd"], input=f"{SFTP_USER}:{self.password}".encode(), check=True, capture_output=True)
+
+    def start(self) -> SSHD:
+        """Create the user and keys, write the config and start sshd."""
+        binary = find_binary("sshd", "/usr/sbin/sshd")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._ensure_user()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        host_key = self.workdir / "host_key"
+        for key in (host_key, self.client_key):
+            if not key.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        authorized = self.workdir / "authorized_keys"
+        authorized.write_text(self.client_key.with_suffix(".pub").read_text())
+        conf = self.workdir / "sshd_config"
+        conf.write_text(f"""
+Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {host_key}
+PidFile {self.workdir}/sshd.pid
+AuthorizedKeysFile {authorized}
+StrictModes no
+UsePAM no
+PasswordAuthentication yes
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin no
+AllowUsers {SFTP_USER}
+LogLevel VERBOSE
+MaxStartups 20:30:60
+Subsystem sftp internal-sftp -l INFO
+ForceCommand internal-sftp -l INFO
+""")
+        self._spawn([binary, "-D", "-e", "-f", str(conf)])
+        return self
+
+    def logins(self) -> list[str]:
+        """How each successful login authenticated: ``password`` or ``publickey``."""
+        text = self.stderr.read_text(errors="replace")
+        return re.findall(rf"Accepted (\w+) for {SFTP_USER} ", text)
+
+
+class MotoS3(_Process):
+    """moto's S3 server: buckets filled from folders, anonymous-readable or not."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+
+    @property
+    def url(self) -> str:
+        """The endpoint URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> MotoS3:
+        """Start ``moto_server`` in a child process."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        self._spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env,
+                    timeout=30.0)
+        return self
+
+    def upload(self, folder: Path, bucket: str, prefix: str, *, public: bool) -> None:
+        """Create `bucket` and copy `folder` under `prefix`; `public` lets anyone list and read it."""
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.url, region_name="us-east-1",
+                              aws_access_key_id="moto-key", aws_secret_access_key="moto-secret")
+        client.create_bucket(Bucket=bucket)
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(folder).as_posix()}")
+        if public:
+            client.put_bucket_policy(Bucket=bucket, Policy=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Sid": "PublicRead", "Effect": "Allow", "Principal": "*",
+                               "Action": ["s3:GetObject", "s3:ListBucket"],
+                               "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]}],
+            }))
+
+    def requests(self) -> list[Request]:
+        """Every request logged so far (method, path and status)."""
+        out = []
+        for line in self.stderr.read_text(errors="replace").splitlines():
+            match = _HTTP_SERVER_LINE.search(line)
+            if match:
+                out.append(Request(match["method"], match["path"], int(match["status"]), 0, ""))
+        return out
