@@ -351,6 +351,18 @@ def run_reference(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def loopback_storage(url: str) -> Any:
+    """Our storage for a URL on 127.0.0.1, loopback let through the address policy when there is one."""
+    from indexer import storage
+
+    access = getattr(storage, "AccessOptions", None)
+    if access is None:
+        return storage.open_storage(url)
+    from indexer.addresses import AddressPolicy
+
+    return storage.open_storage(url, options=access(addresses=AddressPolicy.of(["127.0.0.0/8"])))
+
+
 def run_ours(params: dict[str, Any]) -> dict[str, Any]:
     """Our scan as ``pcrs-indexer index`` runs it: scan, emprise, outputs; phases timed."""
     from datetime import date
@@ -359,7 +371,6 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
     from indexer.export import write_outputs
     from indexer.scan import ScanOptions, scan_storage
     from indexer.state import create_store
-    from indexer.storage import open_storage
 
     defaults = ScanOptions()
     options = ScanOptions(concurrency=int(params.get("concurrency") or defaults.concurrency),
@@ -367,7 +378,7 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
                           full=bool(params.get("full", False)))
     cpu0 = _cpu_s(resource.RUSAGE_SELF)
     started = time.perf_counter()
-    storage = open_storage(params["url"])
+    storage = loopback_storage(params["url"])
     engine = create_store(f"sqlite:///{params['store']}")
     list_files = storage.list_files
     listing_s: list[float] = []
