@@ -76,10 +76,9 @@ class Settings(BaseSettings):
         default=1800.0, gt=0, description="Longest wait for a host connection slot before the task is retried.")
     reindex_every: timedelta = Field(
         default=timedelta(days=7), description="Age of a storage's last scan that makes it due (seconds or P7D).")
-    reindex_stagger: timedelta = Field(
-        default=timedelta(days=1), description="Each storage's fixed offset within this spread, so that storages "
-                                               "published together are not all re-indexed at once.")
-    reindex_batch: int = Field(default=50, ge=1, description="Most scans one tick of the schedule queues.")
+    reindex_batch: int = Field(
+        default=50, ge=1, description="Most scans one tick of the schedule queues, the longest-waiting first: "
+                                      "storages published together are re-indexed spread over several ticks.")
     reindex_check_every_s: float = Field(default=300.0, gt=0, description="How often beat looks for due storages.")
     watchdog_every_s: float = Field(default=60.0, gt=0, description="How often beat looks for stalled scans.")
     stale_after: timedelta = Field(
