@@ -10,7 +10,7 @@ import json
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 from fsspec.asyn import sync
@@ -112,6 +112,61 @@ def load_projet(location: str, timeout_s: float = 30.0) -> Projet:
     return Projet.from_document(doc)
 
 
+STOCKAGES = ("http", "ftp", "sftp", "s3")
+"""The kinds of storage a projet document's livrable may name."""
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes", "oui")
+
+
+def livrable_source(livrable: Livrable) -> str:
+    """The SOURCE URL of a livrable's storage, built from its ``stockage`` and ``stockage_params``.
+
+    ``url`` when the params give one; else ``host``, ``port``, ``startPath``, ``username``,
+    ``password`` and ``secure`` (FTPS, or HTTPS) for http, ftp and sftp; ``bucket``, ``prefix``,
+    ``endpoint_url`` and ``region`` for s3. The URL carries the password: mask it before showing it.
+    """
+    kind = (livrable.stockage or "").strip().lower()
+    params = livrable.stockage_params or {}
+    if kind not in STOCKAGES:
+        raise ConfigError(f"livrable {livrable.nom!r}: stockage {livrable.stockage!r} is not supported "
+                          f"({', '.join(STOCKAGES)})")
+    if params.get("url"):
+        return str(params["url"]).strip()
+    if kind == "s3":
+        bucket = str(params.get("bucket") or "").strip()
+        if not bucket:
+            raise ConfigError(f"livrable {livrable.nom!r}: stockage s3 without bucket")
+        prefix = quote(str(params.get("prefix") or "").strip("/"), safe="/")
+        endpoint = params.get("endpoint_url") or params.get("endpoint")
+        query = urlencode({k: v for k, v in (("endpoint_url", endpoint), ("region", params.get("region"))) if v},
+                          safe=":/")
+        return f"s3://{bucket}/{prefix}" + (f"?{query}" if query else "")
+    host = str(params.get("host") or "").strip()
+    if not host:
+        raise ConfigError(f"livrable {livrable.nom!r}: stockage {kind} without host")
+    scheme = {"http": "https", "ftp": "ftps"}.get(kind, kind) if _truthy(params.get("secure")) else kind
+    userinfo = ""
+    if params.get("username"):
+        userinfo = quote(str(params["username"]), safe="")
+        if params.get("password"):
+            userinfo += ":" + quote(str(params["password"]), safe="")
+        userinfo += "@"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    port = f":{int(params['port'])}" if params.get("port") else ""
+    path = quote(str(params.get("startPath") or "").strip("/"), safe="/")
+    return f"{scheme}://{userinfo}{host}{port}/{path}"
+
+
+def _source_or_empty(livrable: Livrable) -> str:
+    try:
+        return livrable_source(livrable)
+    except ConfigError:
+        return ""
+
+
 def _same_url(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
@@ -126,8 +181,7 @@ def select_livrable(projet: Projet, name: str | None, source: str | None) -> Liv
     if len(projet.livrables) == 1:
         return projet.livrables[0]
     if source is not None:
-        matches = [liv for liv in projet.livrables
-                   if _same_url(str((liv.stockage_params or {}).get("url", "")), source)]
+        matches = [liv for liv in projet.livrables if _same_url(_source_or_empty(liv), source)]
         if len(matches) == 1:
             return matches[0]
     names = ", ".join(repr(liv.nom) for liv in projet.livrables) or "none"

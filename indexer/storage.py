@@ -118,10 +118,12 @@ def _retry_after(value: str | None) -> float | None:
     if value.strip().isdigit():
         return float(value.strip())
     try:
-        when = email.utils.parsedate_to_datetime(value)
+        when: datetime = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, float((when - datetime.now(UTC)).total_seconds()))
 
 
 def classify_http(exc: BaseException) -> Failure:
@@ -147,7 +149,7 @@ def classify_http(exc: BaseException) -> Failure:
 
 
 def _delay(policy: RetryPolicy, attempt: int, failure: Failure) -> float:
-    delay = policy.backoff_s * 2**attempt
+    delay = policy.backoff_s * 2.0**attempt
     if failure.retry_after_s is not None:
         delay = max(delay, min(failure.retry_after_s, MAX_RETRY_AFTER_S))
     return delay
@@ -377,8 +379,8 @@ class Crawl:
             path = folder + child.name
             if child.is_dir:
                 if depth >= self.max_depth:
-                    raise ListingLimitReached(f"cannot list {self.url}: {path}/ is deeper than {self.max_depth} "
-                                              "folders (the max_depth setting)")
+                    raise ListingLimitReached(f"cannot list {self.url}: {path}/ is more than {self.max_depth} "
+                                              "folder levels deep (the max_depth setting)")
                 folders.append((path + "/", child))
                 continue
             self.entries.append(FileEntry(path, child.size, child.mtime, child.etag))

@@ -1,11 +1,13 @@
 """An HTTP server that fails on purpose, run as a child process by `tests.servers.FaultyHTTP`.
 
-    python tests/fault_server.py ROOT PORT --log FILE [--fail-first N] [--stall PREFIX] [--silent]
+    python tests/fault_server.py ROOT PORT --log FILE [--fail-first N] [--stall PREFIX] [--redirect URL]
+                                 [--silent]
 
 It serves ROOT like ``python -m http.server`` (a bare list of links), except that:
 
 - ``--fail-first N``: the first N requests of every path get ``503 Service Unavailable``;
 - ``--stall PREFIX``: requests whose path starts with PREFIX never get an answer;
+- ``--redirect URL``: every request is redirected (302) to URL followed by its path;
 - ``--silent``: connections are accepted and never answered at all, not even an FTP or SSH banner.
 
 Every request is logged as ``method|path|status|0|`` to FILE, 0 as the status of a stalled one.
@@ -29,6 +31,7 @@ class FaultyHandler(SimpleHTTPRequestHandler):
 
     fail_first = 0
     stall: str | None = None
+    redirect: str | None = None
     log_path: Path
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -44,6 +47,13 @@ class FaultyHandler(SimpleHTTPRequestHandler):
         if self.stall is not None and self.path.startswith(self.stall):
             self._record(0)
             time.sleep(3600)
+            return True
+        if self.redirect is not None:
+            self._record(302)
+            self.send_response(302)
+            self.send_header("Location", self.redirect + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
             return True
         if count <= self.fail_first:
             self._record(503)
@@ -86,6 +96,7 @@ def main() -> None:
     parser.add_argument("--log", type=Path, required=True)
     parser.add_argument("--fail-first", type=int, default=0)
     parser.add_argument("--stall")
+    parser.add_argument("--redirect")
     parser.add_argument("--silent", action="store_true")
     args = parser.parse_args()
     args.log.touch()
@@ -94,6 +105,7 @@ def main() -> None:
         return
     FaultyHandler.fail_first = args.fail_first
     FaultyHandler.stall = args.stall
+    FaultyHandler.redirect = args.redirect
     FaultyHandler.log_path = args.log
     server = ThreadingHTTPServer(("127.0.0.1", args.port), partial(FaultyHandler, directory=str(args.root)))
     server.daemon_threads = True

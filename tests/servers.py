@@ -341,13 +341,15 @@ class FaultyHTTP(_Process):
     """An HTTP server failing on purpose (see `tests/fault_server.py`), each request logged."""
 
     def __init__(self, root: Path, workdir: Path, *, fail_first: int = 0, stall: str | None = None,
-                 silent: bool = False) -> None:
+                 redirect: str | None = None, silent: bool = False) -> None:
         super().__init__(workdir)
         self.root = root
         self.log = workdir / "requests.log"
         self.options = ["--fail-first", str(fail_first)]
         if stall is not None:
             self.options += ["--stall", stall]
+        if redirect is not None:
+            self.options += ["--redirect", redirect]
         if silent:
             self.options.append("--silent")
 
@@ -600,3 +602,13 @@ class MotoS3(_Process):
             if match:
                 out.append(Request(match["method"], match["path"], int(match["status"]), 0, ""))
         return out
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key; the certificate doubles as the CA file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
