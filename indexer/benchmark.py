@@ -409,7 +409,7 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
 
 
 def synthetic_dalles(count: int) -> Iterator[Any]:
-    """`count` valid Lambert-93 dalles on the benchmark grid, as a scan makes them (one WKT each)."""
+    """`count` valid Lambert-93 dalles on the benchmark grid, as a scan makes them (one shared WKT string)."""
     from pyproj import CRS
 
     from indexer.models import Dalle
@@ -426,7 +426,7 @@ def synthetic_dalles(count: int) -> Iterator[Any]:
             bands=("Red(Byte)", "Green(Byte)", "Blue(Byte)"),
             compression=("LOSSY" if kind.profile.get("reversible") == "NO" else "LOSSLESS") if jp2
             else str(kind.profile["compress"]).upper(),
-            epsg=2154, crs_wkt=(wkt + " ")[:-1],  # a string of its own, as `src.crs.to_wkt()` gives
+            epsg=2154, crs_wkt=wkt,
             corners=((x, y), (x + TILE_M, y), (x + TILE_M, y - TILE_M), (x, y - TILE_M)),
             resolution_cm=5.0, open=True, mtime="2026-01-01T00:00:00", etag=None)
 
@@ -636,10 +636,12 @@ def format_table(rows: list[Row], config: BenchmarkConfig) -> str:
         if n == 0:
             text.append("  ".join("-" * w for w in widths))
     text.append("")
-    text.append(f"latency {config.latency_ms:g} ms per request; reference: /vsicurl/ with GDAL defaults, "
-                f"{config.reference_processes} processes; 'vs ref' is ours/ref for dalles/s, ref/ours for "
-                "requests and KiB; CPU excludes the server's; 'synthetic' rows time the emprise, store and "
-                "export of records made in memory (no network).")
+    text.append(f"Latency {config.latency_ms:g} ms added to every request. Reference: each dalle opened as /vsicurl/URL "
+                f"with GDAL's defaults, {config.reference_processes} worker processes; its peak RSS is the sum over "
+                "its processes. 'vs ref': ours/ref for dalles/s, ref/ours for requests and KiB, against the reference "
+                "run of the same size. Requests, KiB and raster requests are counted by the server, listing pages "
+                "included; CPU is the run's own, not the server's. 'synthetic': emprise, store and export of records "
+                "made in memory, no network.")
     return "\n".join(text)
 
 
