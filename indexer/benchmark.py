@@ -636,7 +636,8 @@ def format_table(rows: list[Row], config: BenchmarkConfig) -> str:
         if n == 0:
             text.append("  ".join("-" * w for w in widths))
     text.append("")
-    text.append(f"Latency {config.latency_ms:g} ms added to every request. Reference: each dalle opened as /vsicurl/URL "
+    text.append(f"Latency {config.latency_ms:g} ms added to every request. Reference: each dalle opened as "
+                f"/vsicurl/URL "
                 f"with GDAL's defaults, {config.reference_processes} worker processes; its peak RSS is the sum over "
                 "its processes. 'vs ref': ours/ref for dalles/s, ref/ours for requests and KiB, against the reference "
                 "run of the same size. Requests, KiB and raster requests are counted by the server, listing pages "
