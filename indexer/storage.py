@@ -62,6 +62,8 @@ def mask_url(url: str) -> str:
     The form safe for logs, outputs and messages; the user name is kept.
     """
     parts = urlsplit(url)
+    if parts.password is None and not (parts.query and _SECRET_PARAMS.search(parts.query)):
+        return url
     if parts.password is not None:
         user = parts.username or ""
         host = parts.hostname or ""

@@ -60,11 +60,13 @@ class Request:
 class Nginx:
     """nginx serving `root` with autoindex on 127.0.0.1, one access-log line per request."""
 
-    def __init__(self, root: Path, workdir: Path) -> None:
+    def __init__(self, root: Path, workdir: Path, directives: str = "") -> None:
         self.root = root
         self.workdir = workdir
         self.port = free_port()
         self.log = workdir / "access.log"
+        self.directives = directives
+        """Extra ``http`` block directives: another access log, rate or connection limits…"""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -95,6 +97,7 @@ http {{
     scgi_temp_path {self.workdir}/scgi;
     types {{ image/tiff tif tiff; image/jp2 jp2; text/plain tfw j2w wld prj; }}
     default_type application/octet-stream;
+    {self.directives}
     server {{
         listen 127.0.0.1:{self.port};
         root {self.root};
@@ -267,7 +270,10 @@ DocumentRoot "{self.root}"
 
 
 class Lighttpd(_Process):
-    """lighttpd with mod_dirlisting serving `root`, one access-log line per request."""
+    """lighttpd with mod_dirlisting serving `root`, one access-log line per request.
+
+    lighttpd buffers a log file, so it logs through a pipe to ``cat``, which writes each line.
+    """
 
     def __init__(self, root: Path, workdir: Path) -> None:
         super().__init__(workdir)
@@ -293,7 +299,7 @@ server.errorlog = "{self.workdir}/error.log"
 server.pid-file = "{self.workdir}/lighttpd.pid"
 dir-listing.activate = "enable"
 dir-listing.encoding = "utf-8"
-accesslog.filename = "{self.log}"
+accesslog.filename = "|/bin/cat >> {self.log}"
 accesslog.format = "%m|%U|%s|%b|%{{Range}}i"
 mimetype.assign = (".tif" => "image/tiff", ".jp2" => "image/jp2", ".txt" => "text/plain",
                    "" => "application/octet-stream")
@@ -302,11 +308,19 @@ mimetype.assign = (".tif" => "image/tiff", ".jp2" => "image/jp2", ".txt" => "tex
         return self
 
     def requests(self) -> list[Request]:
-        """Every request logged so far."""
-        return _access_log(self.log)
+        """Every request logged so far, once the log pipe has settled."""
+        seen = _access_log(self.log)
+        for _ in range(20):
+            time.sleep(0.05)
+            again = _access_log(self.log)
+            if again == seen:
+                break
+            seen = again
+        return seen
 
 
 _HTTP_SERVER_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class PythonHTTP(_Process):
@@ -330,7 +344,7 @@ class PythonHTTP(_Process):
     def requests(self) -> list[Request]:
         """Every request logged so far (its log has no byte counts nor ranges)."""
         out = []
-        for line in self.stderr.read_text(errors="replace").splitlines():
+        for line in _ANSI.sub("", self.stderr.read_text(errors="replace")).splitlines():
             match = _HTTP_SERVER_LINE.search(line)
             if match:
                 out.append(Request(match["method"], match["path"], int(match["status"]), 0, ""))
@@ -506,6 +520,7 @@ class SSHD(_Process):
         super().__init__(workdir)
         self.password = password
         self.client_key = workdir / "client_key"
+        self._keys_folder: Path | None = None
 
     @property
     def host(self) -> str:
@@ -528,8 +543,11 @@ class SSHD(_Process):
         for key in (host_key, self.client_key):
             if not key.exists():
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        authorized = self.workdir / "authorized_keys"
+        # sshd reads the authorized keys as the user, who cannot enter pytest's private folders.
+        self._keys_folder = public_folder("pcrs-sshd-keys-")
+        authorized = self._keys_folder / "authorized_keys"
         authorized.write_text(self.client_key.with_suffix(".pub").read_text())
+        authorized.chmod(0o644)
         conf = self.workdir / "sshd_config"
         conf.write_text(f"""
 Port {self.port}
@@ -551,6 +569,12 @@ ForceCommand internal-sftp -l INFO
 """)
         self._spawn([binary, "-D", "-e", "-f", str(conf)])
         return self
+
+    def stop(self) -> None:
+        """Stop sshd and remove the authorized keys."""
+        super().stop()
+        if self._keys_folder is not None:
+            shutil.rmtree(self._keys_folder, ignore_errors=True)
 
     def logins(self) -> list[str]:
         """How each successful login authenticated: ``password`` or ``publickey``."""
@@ -597,7 +621,7 @@ class MotoS3(_Process):
     def requests(self) -> list[Request]:
         """Every request logged so far (method, path and status)."""
         out = []
-        for line in self.stderr.read_text(errors="replace").splitlines():
+        for line in _ANSI.sub("", self.stderr.read_text(errors="replace")).splitlines():
             match = _HTTP_SERVER_LINE.search(line)
             if match:
                 out.append(Request(match["method"], match["path"], int(match["status"]), 0, ""))
