@@ -205,6 +205,7 @@ class FTPConnection(FTPFileSystem):  # type: ignore[misc]
         address = server.addresses.resolve(server.host, server.port)[0]
         ftp.connect(address, server.port)
         ftp.host = server.host  # the certificate names the host, not its address
+        ftp.set_pasv(True)  # data connections go to the checked address, whatever PASV answers
         ftp.login(server.username, server.password)
         self._binary = False
         try:

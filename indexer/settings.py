@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     host_connection_cap: int = Field(
         default=4, ge=0, description="Connections to one storage host at once, all workers together; 0: no cap.")
     host_lease_s: float = Field(
-        default=60.0, gt=0, description="Life of a host connection slot whose worker stopped renewing it.")
+        default=30.0, gt=0, description="Life of a host connection slot whose worker stopped renewing it.")
     host_wait_s: float = Field(
         default=1800.0, gt=0, description="Longest wait for a host connection slot before the task is retried.")
     reindex_every: timedelta = Field(
@@ -92,6 +92,17 @@ class Settings(BaseSettings):
                                         "longer than the longest task.")
     broker_restore_every_s: int = Field(
         default=10, ge=1, description="How often workers look for messages of lost workers to deliver again.")
+
+    @field_validator("reindex_every", "stale_after", mode="before")
+    @classmethod
+    def _seconds(cls, value: Any) -> Any:
+        """Accept a number of seconds (``604800``) as well as an ISO 8601 duration (``P7D``)."""
+        if isinstance(value, str):
+            try:
+                return timedelta(seconds=float(value))
+            except ValueError:
+                return value
+        return value
 
     def database_url(self) -> str:
         """The state store URL: ``db_url`` when set, else a SQLite file in ``data_dir``."""

@@ -480,7 +480,7 @@ class HTTPListingStorage(Storage):
         async def get() -> str:
             async with session.get(url) as response:
                 if response.status == 404:
-                    raise FileNotFoundError(url)
+                    raise FileNotFoundError(mask_url(url))
                 response.raise_for_status()
                 return await response.text(errors="replace")
 
@@ -543,7 +543,7 @@ class HTTPListingStorage(Storage):
                 if response.status == 416:  # empty file: no byte satisfies the range
                     return b"", 0
                 if response.status == 404:
-                    raise FileNotFoundError(url)
+                    raise FileNotFoundError(mask_url(url))
                 response.raise_for_status()
                 data = await response.content.read(length)
                 total = entry.size
@@ -566,7 +566,7 @@ class HTTPListingStorage(Storage):
         async def get(session: aiohttp.ClientSession, url: str) -> bytes:
             async with session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as response:
                 if response.status == 404:
-                    raise FileNotFoundError(url)
+                    raise FileNotFoundError(mask_url(url))
                 response.raise_for_status()
                 if response.status == 200:  # the server ignored the range
                     body = await response.read()
@@ -588,7 +588,7 @@ class HTTPListingStorage(Storage):
         async def head(session: aiohttp.ClientSession, url: str) -> FileEntry:
             async with session.head(url, allow_redirects=True) as response:
                 if response.status == 404:
-                    raise FileNotFoundError(url)
+                    raise FileNotFoundError(mask_url(url))
                 response.raise_for_status()
                 return FileEntry(
                     entry.path,

@@ -4,7 +4,7 @@
 # the system services these packages install are stopped and left disabled.
 set -euo pipefail
 
-PACKAGES=(nginx-light apache2 lighttpd proftpd-core proftpd-mod-crypto openssh-server)
+PACKAGES=(nginx-light apache2 lighttpd proftpd-core proftpd-mod-crypto openssh-server openssl)
 # The distributed service tests: the broker and the shared state store.
 PACKAGES+=(redis-server postgresql)
 

@@ -245,7 +245,7 @@ def test_a_stalled_dalle_times_out_and_the_others_are_indexed(served: Served, tm
     stalled = "lot 1/PCRS_651000_6862000_L93.tif"
     server = FaultyHTTP(served.root, tmp_path / "faulty", stall="/livrable/lot%201/PCRS_651000_6862000").start()
     try:
-        summary = index_to(settings_for(served, tmp_path, retries=1, timeout_s=0.5), f"{server.url}/livrable/",
+        summary = index_to(settings_for(served, tmp_path, retries=1, timeout_s=2.0), f"{server.url}/livrable/",
                            tmp_path / "out")
         attempts = [r for r in server.requests() if r.status == 0]
     finally:
@@ -265,7 +265,7 @@ def cli_index(*args: str) -> Any:
 def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """The command line's settings, read afresh from the environment by each test."""
     monkeypatch.setenv("PCRS_INDEXER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("PCRS_INDEXER_TIMEOUT_S", "0.5")
+    monkeypatch.setenv("PCRS_INDEXER_TIMEOUT_S", "10")
     monkeypatch.setenv("PCRS_INDEXER_RETRIES", "1")
     get_settings.cache_clear()
     yield monkeypatch
@@ -273,8 +273,9 @@ def cli_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPat
 
 
 @pytest.mark.parametrize("scheme", ["http", "ftp", "sftp"])
-def test_a_server_that_never_answers_fails_the_scan_with_one_line(scheme: str, served: Served, cli_env: Any,
-                                                                  tmp_path: Path) -> None:
+def test_a_server_that_never_answers_fails_the_scan_with_one_line(scheme: str, served: Served,
+                                                                  cli_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cli_env.setenv("PCRS_INDEXER_TIMEOUT_S", "0.5")
     server = FaultyHTTP(served.root, tmp_path / "silent", silent=True).start()
     try:
         while not server.requests():  # the connection that saw the server start, once logged
@@ -434,7 +435,6 @@ def test_crawl_caps_end_the_scan_with_one_line(name: str, setting: str, value: s
                                                tmp_path: Path) -> None:
     cli_env.setenv(setting, value)
     cli_env.setenv("PCRS_INDEXER_S3_ENDPOINT_URL", served.s3.url)
-    cli_env.setenv("PCRS_INDEXER_TIMEOUT_S", "10")
     source = served.sources()[name]
     result = cli_index(source, "--out", str(tmp_path / "out"))
     storage_url = open_storage(source, options=AccessOptions.from_settings(get_settings())).url
@@ -490,7 +490,6 @@ def test_a_redirect_to_a_refused_address_is_not_followed(served: Served, tmp_pat
 
 def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
                                 tmp_path: Path) -> None:
-    cli_env.setenv("PCRS_INDEXER_TIMEOUT_S", "10")
     caplog.set_level(logging.DEBUG)
     secrets = {FTP_PASSWORD, SFTP_PASSWORD, "wrong-Pass-5150", "http-Pass-8080"}
     sources = [served.sources()["ftp-user"], served.sources()["sftp-password"], served.sources()["ftps"],
@@ -510,7 +509,10 @@ def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, cap
         f"ftp://pcrs:***@{served.ftp.host}/livrable", f"sftp://{SFTP_USER}:***@{served.sshd.host}{served.livrable}",
         f"ftps://pcrs:***@{served.ftps.host}/livrable", f"http://reader:***@127.0.0.1:{served.nginx.port}/livrable/"]
     texts.append((tmp_path / "state.sqlite").read_bytes().decode("latin-1"))
-    texts += [record.getMessage() + repr(record.__dict__) for record in caplog.records]
+    formatter = logging.Formatter()
+    texts += [record.getMessage() + repr(record.__dict__) + (formatter.formatException(record.exc_info)
+                                                             if record.exc_info else "")
+              for record in caplog.records]
     leaks = [(secret, text[:200]) for text in texts for secret in secrets if secret in text]
     assert leaks == []
     assert (f"pcrs-indexer: error: cannot list ftp://pcrs:***@{served.ftp.host}/livrable: FTP 530 Login incorrect.\n"
