@@ -26,7 +26,6 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -36,7 +35,7 @@ from urllib.parse import unquote, urlsplit
 from fsspec.implementations.ftp import FTPFileSystem
 
 from indexer.addresses import AddressPolicy
-from indexer.errors import ForbiddenAddress, StorageUnreachable
+from indexer.errors import ForbiddenAddress
 from indexer.models import FileEntry
 from indexer.storage import (
     AccessOptions,
@@ -46,6 +45,7 @@ from indexer.storage import (
     ReadError,
     RetryPolicy,
     Storage,
+    crawl_in_threads,
     describe_os_error,
     mask_url,
     retry_sync,
@@ -420,30 +420,11 @@ class FTPStorage(Storage):
 
     def list_files(self) -> list[FileEntry]:
         """List the folders level by level, as many at once as the pool has connections."""
-        crawl = Crawl(self.url, self.max_depth, self.max_entries)
-        level = [""]
-        with ThreadPoolExecutor(max_workers=self.pool.limit, thread_name_prefix="ftp-list") as workers:
-            while level:
-                listings = list(workers.map(self._list_folder, level))
-                next_level = []
-                for folder, children in zip(level, listings, strict=True):
-                    next_level += [path for path, _ in crawl.visit(folder, children)]
-                level = next_level
-        return crawl.result()
+        return crawl_in_threads(Crawl(self.url, self.max_depth, self.max_entries), self._list_folder, self.pool.limit)
 
     def _list_folder(self, folder: str) -> list[Child]:
-        """One folder's entries; a failure ends the listing, naming the folder unless it is the root."""
         path = self._full(folder.rstrip("/")) if folder else (self.root or "/")
-        where = f"{folder}: " if folder else ""
-        try:
-            infos = self._call(folder or "/", lambda conn: conn.ls(path))
-        except ReadError as exc:
-            detail = str(exc).partition(": ")[2]
-            raise StorageUnreachable(f"cannot list {self.url}: {where}{detail}") from exc
-        except FileNotFoundError as exc:
-            raise StorageUnreachable(f"cannot list {self.url}: {where}not found ({exc})") from exc
-        except ForbiddenAddress as exc:
-            raise ForbiddenAddress(f"cannot list {self.url}: {exc}") from exc
+        infos = self._call(folder or "/", lambda conn: conn.ls(path))
         return [Child(info["name"].rsplit("/", 1)[-1], info["type"] == "directory", info["size"], info["modify"])
                 for info in infos]
 

@@ -28,7 +28,16 @@ from s3fs import S3FileSystem
 from indexer.addresses import AddressPolicy
 from indexer.errors import ForbiddenAddress, InvalidSource, ListingLimitReached, StorageUnreachable
 from indexer.models import FileEntry
-from indexer.storage import AccessOptions, Failure, ReadError, RetryPolicy, Storage, mask_url, retry_sync
+from indexer.storage import (
+    AccessOptions,
+    Failure,
+    ReadError,
+    RetryPolicy,
+    Storage,
+    listing_failure,
+    mask_url,
+    retry_sync,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +166,10 @@ class S3Storage(Storage):
         """Every object under the prefix, one paginated listing. No object at all is "not found"."""
         try:
             objects = self._call(self.url, lambda fs: self._sync(fs, self._list, fs))
-        except ReadError as exc:
-            raise StorageUnreachable(f"cannot list {self.url}: {str(exc).partition(': ')[2]}") from exc
-        except FileNotFoundError as exc:
-            raise StorageUnreachable(f"cannot list {self.url}: no such bucket") from exc
-        except ForbiddenAddress as exc:
-            raise ForbiddenAddress(f"cannot list {self.url}: {exc}") from exc
+        except FileNotFoundError:
+            raise StorageUnreachable(f"cannot list {self.url}: no such bucket") from None
+        except (ReadError, ForbiddenAddress) as exc:
+            raise listing_failure(self.url, "", exc) from None
         if not objects:
             raise StorageUnreachable(f"cannot list {self.url}: not found (no object under this prefix)")
         return sorted(objects, key=lambda e: e.path)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from sshfs import SSHFileSystem
 from sshfs.utils import wrap_exceptions
 
 from indexer.addresses import AddressPolicy
-from indexer.errors import ForbiddenAddress, StorageUnreachable
+from indexer.errors import ForbiddenAddress
 from indexer.models import FileEntry
 from indexer.storage import (
     AccessOptions,
@@ -35,6 +34,7 @@ from indexer.storage import (
     ReadError,
     RetryPolicy,
     Storage,
+    crawl_in_threads,
     describe_os_error,
     mask_url,
     retry_sync,
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LISTING_CONCURRENCY = 4
-"""Folders listed at once, each on an SFTP channel of the one SSH connection."""
+"""Folders listed at once, each on its own SFTP channel of the one SSH connection."""
 
 
 class RangedSSHFileSystem(SSHFileSystem):  # type: ignore[misc]
@@ -164,29 +164,16 @@ class SFTPStorage(Storage):
 
     def list_files(self) -> list[FileEntry]:
         """List the folders level by level, a few at once on the one connection."""
-        crawl = Crawl(self.url, self.max_depth, self.max_entries)
-        level = [""]
-        with ThreadPoolExecutor(max_workers=LISTING_CONCURRENCY, thread_name_prefix="sftp-list") as workers:
-            while level:
-                listings = list(workers.map(self._list_folder, level))
-                next_level = []
-                for folder, children in zip(level, listings, strict=True):
-                    next_level += [path for path, _ in crawl.visit(folder, children)]
-                level = next_level
-        return crawl.result()
+        return crawl_in_threads(Crawl(self.url, self.max_depth, self.max_entries), self._list_folder,
+                                LISTING_CONCURRENCY)
 
     def _list_folder(self, folder: str) -> list[Child]:
-        """One folder's entries; symbolic links are not followed. A failure ends the listing."""
+        """One folder's entries; symbolic links are not followed."""
         path = self._path(folder.rstrip("/"))
-        where = f"{folder}: " if folder else ""
         try:
             infos = self._call(folder or "/", lambda fs: self._sync(fs, fs._ls, path))
-        except ReadError as exc:
-            raise StorageUnreachable(f"cannot list {self.url}: {where}{str(exc).partition(': ')[2]}") from exc
-        except FileNotFoundError as exc:
-            raise StorageUnreachable(f"cannot list {self.url}: {where}not found") from exc
-        except ForbiddenAddress as exc:
-            raise ForbiddenAddress(f"cannot list {self.url}: {exc}") from exc
+        except FileNotFoundError:
+            raise FileNotFoundError() from None  # "not found" says it all
         children = []
         for info in infos:
             if info["type"] not in ("file", "directory"):

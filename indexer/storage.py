@@ -22,6 +22,7 @@ import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -97,12 +98,6 @@ class Failure:
     retry_after_s: float | None = None
 
 
-def _describe_timeout(exc: BaseException) -> Failure | None:
-    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
-        return Failure(True, "timed out")
-    return None
-
-
 def describe_os_error(exc: OSError) -> str:
     """A short cause for a socket error: ``connection refused``, ``connection reset``…"""
     if isinstance(exc, ConnectionRefusedError):
@@ -134,9 +129,8 @@ def classify_http(exc: BaseException) -> Failure:
         transient = exc.status == 429 or exc.status >= 500
         retry_after = _retry_after(exc.headers.get("Retry-After")) if exc.headers else None
         return Failure(transient, f"HTTP {exc.status} {exc.message}".strip(), retry_after)
-    timeout = _describe_timeout(exc)
-    if timeout:
-        return timeout
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return Failure(True, "timed out")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return Failure(True, describe_os_error(exc.os_error))
     if isinstance(exc, aiohttp.ServerDisconnectedError):
@@ -150,16 +144,18 @@ def classify_http(exc: BaseException) -> Failure:
     return Failure(False, str(exc) or type(exc).__name__)
 
 
-def _delay(policy: RetryPolicy, attempt: int, failure: Failure) -> float:
+def _backoff(policy: RetryPolicy, what: str, exc: Exception, attempt: int,
+             classify: Callable[[BaseException], Failure]) -> float:
+    """The wait before the next attempt; raises `ReadError` when the failure is final."""
+    failure = classify(exc)
+    if not failure.transient or attempt == policy.retries:
+        tries = f" ({attempt + 1} attempts)" if attempt else ""
+        raise ReadError(f"{what}: {failure.detail}{tries}") from exc
     delay = policy.backoff_s * 2.0**attempt
     if failure.retry_after_s is not None:
         delay = max(delay, min(failure.retry_after_s, MAX_RETRY_AFTER_S))
+    log.info("transient failure, retrying", extra={"what": what, "error": failure.detail, "delay": delay})
     return delay
-
-
-def _final(what: str, failure: Failure, attempt: int) -> ReadError:
-    tries = f" ({attempt + 1} attempts)" if attempt else ""
-    return ReadError(f"{what}: {failure.detail}{tries}")
 
 
 async def retry_async(policy: RetryPolicy, what: str, call: Callable[[], Awaitable[T]],
@@ -174,13 +170,8 @@ async def retry_async(policy: RetryPolicy, what: str, call: Callable[[], Awaitab
             return await asyncio.wait_for(call(), policy.timeout_s)
         except (FileNotFoundError, IndexerError):
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            failure = classify(exc)
-            if not failure.transient or attempt == policy.retries:
-                raise _final(what, failure, attempt) from exc
-            delay = _delay(policy, attempt, failure)
-            log.info("transient failure, retrying", extra={"what": what, "error": failure.detail, "delay": delay})
-            await asyncio.sleep(delay)
+        except Exception as exc:  # noqa: BLE001 - classified by _backoff
+            await asyncio.sleep(_backoff(policy, what, exc, attempt, classify))
     raise AssertionError("unreachable")
 
 
@@ -192,13 +183,8 @@ def retry_sync(policy: RetryPolicy, what: str, call: Callable[[], T],
             return call()
         except (FileNotFoundError, IndexerError):
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below
-            failure = classify(exc)
-            if not failure.transient or attempt == policy.retries:
-                raise _final(what, failure, attempt) from exc
-            delay = _delay(policy, attempt, failure)
-            log.info("transient failure, retrying", extra={"what": what, "error": failure.detail, "delay": delay})
-            time.sleep(delay)
+        except Exception as exc:  # noqa: BLE001 - classified by _backoff
+            time.sleep(_backoff(policy, what, exc, attempt, classify))
     raise AssertionError("unreachable")
 
 
@@ -398,6 +384,45 @@ class Crawl:
         return sorted(self.entries, key=lambda e: e.path)
 
 
+def listing_failure(url: str, where: str, exc: BaseException) -> BaseException:
+    """The error ending a listing that failed at `where` ('' for the root), one line naming the cause.
+
+    `exc` is a `ReadError` (its cause follows the first ``": "``), a `FileNotFoundError` (its message,
+    if any, says how the server put it) or a `ForbiddenAddress`; anything else is returned as is.
+    """
+    prefix = f"cannot list {url}: {where}: " if where else f"cannot list {url}: "
+    if isinstance(exc, ForbiddenAddress):
+        return ForbiddenAddress(f"cannot list {url}: {exc}")
+    if isinstance(exc, ReadError):
+        return StorageUnreachable(prefix + str(exc).partition(": ")[2])
+    if isinstance(exc, FileNotFoundError):
+        return StorageUnreachable(prefix + (f"not found ({exc})" if str(exc) else "not found"))
+    return exc
+
+
+def crawl_in_threads(crawl: Crawl, list_folder: Callable[[str], list[Child]], workers: int) -> list[FileEntry]:
+    """Crawl level by level, listing up to `workers` folders of a level at once with `list_folder`.
+
+    `list_folder` takes a folder ('' for the root, else ending in '/') and raises what
+    `listing_failure` describes; the first failure ends the listing.
+    """
+    level = [""]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="list") as pool:
+        while level:
+            futures = [pool.submit(list_folder, folder) for folder in level]
+            next_level = []
+            for folder, future in zip(level, futures, strict=True):
+                try:
+                    children = future.result()
+                except (ReadError, FileNotFoundError, ForbiddenAddress) as exc:
+                    for pending in futures:
+                        pending.cancel()
+                    raise listing_failure(crawl.url, folder, exc) from None
+                next_level += [path for path, _ in crawl.visit(folder, children)]
+            level = next_level
+    return crawl.result()
+
+
 _CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
 LISTING_CONCURRENCY = 4
 """Listing pages fetched at once from one server."""
@@ -512,16 +537,13 @@ class HTTPListingStorage(Storage):
 
     def _unlistable(self, exc: BaseException) -> BaseException:
         """The error ending a listing whose page failed, naming the page unless it is the root."""
-        if isinstance(exc, ReadError | ForbiddenAddress):
-            what, _, cause = str(exc).partition(": ")
-            detail = cause if what == self.url else str(exc)
-        elif isinstance(exc, FileNotFoundError):
-            page = mask_url(str(exc))
-            detail = "not found (HTTP 404)" if page == self.url else f"{page}: not found (HTTP 404)"
-        else:
-            return exc
-        error = ForbiddenAddress if isinstance(exc, ForbiddenAddress) else StorageUnreachable
-        return error(f"cannot list {self.url}: {detail}")
+        if isinstance(exc, FileNotFoundError):  # its message is the page's URL
+            page = str(exc)
+            return listing_failure(self.url, "" if page == self.url else page, FileNotFoundError("HTTP 404"))
+        if isinstance(exc, ReadError):  # "page: cause"
+            page = str(exc).partition(": ")[0]
+            return listing_failure(self.url, "" if page == self.url else page, exc)
+        return listing_failure(self.url, "", exc)
 
     def read_prefix(self, entry: FileEntry, length: int) -> tuple[bytes, int]:
         """One ranged GET; the size comes from the listing or the ``Content-Range`` header."""

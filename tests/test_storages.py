@@ -517,3 +517,19 @@ def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, cap
     assert leaks == []
     assert (f"pcrs-indexer: error: cannot list ftp://pcrs:***@{served.ftp.host}/livrable: FTP 530 Login incorrect.\n"
             in texts)
+
+
+@pytest.mark.parametrize("name", ["ftp-user", "ftp-list", "sftp-password", "s3-anonymous"])
+def test_a_missing_folder_fails_the_scan_with_one_line(name: str, served: Served, cli_env: pytest.MonkeyPatch,
+                                                       aws_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    cli_env.setenv("PCRS_INDEXER_S3_ENDPOINT_URL", served.s3.url)
+    cli_env.setenv("PCRS_INDEXER_TLS_CA_FILE", str(served.cert))
+    source = served.sources()[name].replace("livrable", "absent")
+    result = cli_index(source, "--out", str(tmp_path / "out"))
+    url = open_storage(source, options=AccessOptions.from_settings(get_settings())).url
+    cause = {"ftp-user": "not found (FTP 550 /absent: No such file or directory)",
+             "ftp-list": "not found (FTP 550 /absent: No such file or directory)",
+             "sftp-password": "not found",
+             "s3-anonymous": "not found (no object under this prefix)"}[name]
+    assert result.exit_code == 3
+    assert result.stderr == f"pcrs-indexer: error: cannot list {url}: {cause}\n"
