@@ -94,7 +94,9 @@ def _progress(enabled: bool) -> Any:
 @click.pass_context
 def index(ctx: click.Context, source: str, out: Path, projet_location: str | None, livrable_name: str | None,
           db_url: str | None, concurrency: int | None, full: bool, quiet: bool) -> None:
-    """Index the livrable stored at SOURCE: a folder, a file:// URL or an http(s):// listing URL."""
+    """Index the livrable stored at SOURCE: a folder, a file:// URL, an http(s):// listing,
+    ftp://[user[:password]@]host[:port]/path, ftps://…, sftp://[user[:password]@]host[:port]/path or
+    s3://bucket/prefix[?endpoint_url=…&region=…]."""
     settings = get_settings()
     try:
         summary = run_index(settings, source, out, projet_location, livrable_name, db_url, concurrency, full,
