@@ -24,7 +24,15 @@ from rasterio.io import DatasetReader, MemoryFile
 
 from indexer.models import Dalle, DalleProblem, FileEntry, Point
 from indexer.storage import ReadError, Storage
-from indexer.structure import ByteView, Finding, TiffHeader, check_jp2, read_tiff_header, without_geokeys
+from indexer.structure import (
+    ByteView,
+    Finding,
+    Jp2Header,
+    TiffHeader,
+    read_jp2_header,
+    read_tiff_header,
+    without_geokeys,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +128,8 @@ def _is_georeferenced(transform: Affine) -> bool:
 
 
 def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReader,
-                       georef: Georef | None = None, crs_wkt: str | None = None) -> Dalle | DalleProblem:
+                       georef: Georef | None = None, crs_wkt: str | None = None,
+                       georef_replaces_header: bool = False) -> Dalle | DalleProblem:
     """The record of a dataset opened from `entry`, or why it cannot be indexed.
 
     Args:
@@ -130,12 +139,18 @@ def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReade
         src: the open dataset (header only, no pixel is read).
         georef: georeferencing from sidecar files, used where the header has none.
         crs_wkt: the header's CRS when it was read from identical GeoKeys already (`src` then has none).
+        georef_replaces_header: `georef` is the header's own georeferencing (a GeoJP2 box read
+            apart), `src` being opened without any.
     """
     if src.width == 0 or src.height == 0 or src.count == 0:
         return DalleProblem(entry.path, "empty", f"the raster has no pixels ({src.height}x{src.width})",
                             size, entry.mtime, entry.etag)
-    transform = src.transform
-    crs_wkt = crs_wkt or (src.crs.to_wkt() if src.crs else None)
+    if georef_replaces_header and georef is not None:
+        transform, crs_wkt = georef.transform or Affine.identity(), georef.crs_wkt
+        georef = None
+    else:
+        transform = src.transform
+        crs_wkt = crs_wkt or (src.crs.to_wkt() if src.crs else None)
     if crs_wkt is not None:
         crs_wkt = sys.intern(crs_wkt)  # one string per CRS, not one per dalle
     if georef is not None:
@@ -238,26 +253,25 @@ def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | N
                             size, entry.mtime, entry.etag)
 
     view = ByteView(prefix, size, lambda start, end: storage.read_range(entry.path, start, end))
-    tiff: TiffHeader | None = None
     try:
-        if mime == "image/tiff":
-            parsed = read_tiff_header(view)
-            finding = parsed if isinstance(parsed, Finding) else None
-            tiff = parsed if isinstance(parsed, TiffHeader) else None
-        else:
-            finding = check_jp2(view)
+        parsed = read_tiff_header(view) if mime == "image/tiff" else read_jp2_header(view)
     except ReadError as exc:
         return DalleProblem(entry.path, "unreadable", str(exc), size, entry.mtime, entry.etag)
-    if finding is not None:
-        return _problem(entry, finding, size)
+    if isinstance(parsed, Finding):
+        return _problem(entry, parsed, size)
 
+    tiff = parsed if isinstance(parsed, TiffHeader) else None
     known_crs = _known_crs(tiff)
+    geojp2 = _geojp2_georef(parsed) if isinstance(parsed, Jp2Header) else None
+    env = {**GDAL_ENV, "GDAL_GEOREF_SOURCES": "NONE"} if geojp2 else GDAL_ENV
     data = view.data
     for attempt in range(2):
         try:
             opened = without_geokeys(data, tiff) if known_crs and tiff else data
-            with rasterio.Env(**GDAL_ENV), MemoryFile(opened, filename=entry.name) as mem, \
+            with rasterio.Env(**env), MemoryFile(opened, filename=entry.name) as mem, \
                     mem.open(driver=_DRIVERS[mime]) as src:
+                if geojp2 is not None:
+                    return dalle_from_dataset(entry, size, mime, src, geojp2, georef_replaces_header=True)
                 if known_crs is None and tiff is not None and tiff.geokeys is not None and src.crs:
                     _remember_crs(tiff.geokeys, src.crs.to_wkt())
                 georef = None
@@ -286,6 +300,32 @@ def _known_crs(tiff: TiffHeader | None) -> str | None:
     if tiff is None or tiff.geokeys is None or tiff.geokey_entry is None or tiff.pixel_is_point:
         return None  # PixelIsPoint shifts GDAL's geotransform: let GDAL read those keys itself
     return _CRS_BY_GEOKEYS.get(tiff.geokeys)
+
+
+def _geojp2_georef(header: Jp2Header) -> Georef | None:
+    """Georeferencing of a GeoJP2 box, read as the small GeoTIFF it is, with the CRS cache of dalles.
+
+    GDAL would read the same box, building the CRS from its GeoKeys for every file; when the box
+    gives a geotransform and a CRS, the JPEG 2000 itself is opened without georeferencing.
+    """
+    if header.geojp2 is None:
+        return None
+    box = ByteView(header.geojp2, len(header.geojp2), lambda start, end: b"")
+    tiff = read_tiff_header(box)
+    if isinstance(tiff, Finding) and tiff.reason == "corrupt":
+        return None
+    known = _known_crs(tiff) if isinstance(tiff, TiffHeader) else None
+    data = without_geokeys(header.geojp2, tiff) if known and isinstance(tiff, TiffHeader) else header.geojp2
+    try:
+        with rasterio.Env(**GDAL_ENV), MemoryFile(data) as mem, mem.open(driver="GTiff") as src:
+            crs_wkt = known or (src.crs.to_wkt() if src.crs else None)
+            if not _is_georeferenced(src.transform) or crs_wkt is None:
+                return None
+            if known is None and isinstance(tiff, TiffHeader) and tiff.geokeys is not None:
+                _remember_crs(tiff.geokeys, crs_wkt)
+            return Georef(src.transform, crs_wkt)
+    except RasterioError:
+        return None
 
 
 def _remember_crs(geokeys: bytes, crs_wkt: str) -> None:

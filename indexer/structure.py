@@ -178,13 +178,31 @@ _JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 _J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
 
 
+GEOJP2_UUID = bytes.fromhex("b14bf8bd083d4b43a5ae8cd7d5a6ce03")
+
+
+@dataclass(frozen=True, slots=True)
+class Jp2Header:
+    """What the box structure of a JPEG 2000 file says that GDAL is not asked for."""
+
+    geojp2: bytes | None
+    """The GeoJP2 box's degenerate GeoTIFF, when the box lies in the prefix."""
+
+
 def check_jp2(view: ByteView) -> Finding | None:
     """Check a JPEG 2000 file: every box up to the codestream ends within the file."""
+    parsed = read_jp2_header(view)
+    return parsed if isinstance(parsed, Finding) else None
+
+
+def read_jp2_header(view: ByteView) -> Jp2Header | Finding:
+    """Walk the boxes of a JPEG 2000 file up to its codestream, checking each ends within the file."""
     head = view.get(0, 12)
     if head[:4] == _J2K_SOC_SIZ:
-        return _check_codestream(view, 0, view.size)
+        return _check_codestream(view, 0, view.size) or Jp2Header(None)
     if head != _JP2_SIGNATURE:
         return Finding("corrupt", "not a JPEG 2000 file: bad signature")
+    geojp2 = None
     pos = 0
     while pos < view.size:
         header = view.get(pos, 16)
@@ -205,7 +223,10 @@ def check_jp2(view: ByteView) -> Finding | None:
                 f"the file has {view.size} bytes",
             )
         if box == b"jp2c":
-            return _check_codestream(view, pos + start, pos + length)
+            return _check_codestream(view, pos + start, pos + length) or Jp2Header(geojp2)
+        if box == b"uuid" and geojp2 is None and pos + length <= len(view.data) \
+                and view.data[pos + start:pos + start + 16] == GEOJP2_UUID:
+            geojp2 = view.data[pos + start + 16:pos + length]
         pos += length
     return Finding("corrupt", "no codestream box in the JPEG 2000 file")
 

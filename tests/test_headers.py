@@ -244,3 +244,25 @@ def test_pixel_is_point_geotiff_keeps_gdal_geotransform(tmp_path: Path) -> None:
         dalle = read(path)
         assert isinstance(dalle, Dalle)
         assert dalle.corners[0] == (expected.c, expected.f)
+
+
+def test_geojp2_box_read_apart_gives_what_gdal_reads(make_dalle) -> None:
+    from indexer.headers import _geojp2_georef
+    from indexer.structure import ByteView, Jp2Header, read_jp2_header
+
+    path = make_dalle("geo.jp2", (1700000.0, 5200200.0), crs="EPSG:3946", driver="JP2OpenJPEG", pixels=300,
+                      resolution_m=0.2)
+    data = path.read_bytes()
+    header = read_jp2_header(ByteView(data[:65536], len(data), lambda s, e: data[s:e]))
+    assert isinstance(header, Jp2Header) and header.geojp2 is not None
+    georef = _geojp2_georef(header)
+    with rasterio.open(path) as src:
+        assert georef is not None
+        assert georef.transform == src.transform
+        assert georef.crs_wkt == src.crs.to_wkt()
+        expected = (src.transform.c, src.transform.f)
+    for _ in range(2):  # the second read takes the CRS from the cache
+        dalle = read(path)
+        assert isinstance(dalle, Dalle)
+        assert (dalle.epsg, dalle.corners[0], dalle.resolution_cm, dalle.compression) == (3946, expected, 20.0,
+                                                                                           "LOSSY")
