@@ -227,8 +227,8 @@ def publish(ctx: click.Context, projet_location: str, livrable_name: str | None,
         _fail(ctx, exc, _exit_code(exc))
         return
     for q in queued:
-        click.echo(f"livrable {q.livrable!r}: " + (f"scan {q.scan} of storage {q.storage} ({q.url}) queued"
-                                                   if q.scan is not None else str(q.refused)), err=True)
+        click.echo(f"livrable {q.livrable!r}: scan {q.scan} of storage {q.storage} ({q.url}) queued"
+                   if q.scan is not None else f"pcrs-indexer: {q.refused}", err=True)
     click.echo(json.dumps({"queued": [{"storage": q.storage, "scan": q.scan, "url": q.url, "livrable": q.livrable}
                                       for q in queued if q.scan is not None],
                            "refused": [q.refused for q in queued if q.refused]}, ensure_ascii=False))

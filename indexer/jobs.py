@@ -33,7 +33,7 @@ from indexer.errors import IndexerError, LivrableNotFound, StorageUnreachable
 from indexer.export import livrable_feature, write_outputs
 from indexer.headers import PROPRIETARY_FORMATS, suffix
 from indexer.models import Dalle, DalleProblem, FileEntry, ScanResult
-from indexer.projet import Livrable, Projet
+from indexer.projet import Livrable, Projet, livrable_source
 from indexer.scan import Listing, ScanOptions, place_proprietary, read_all, reusable
 from indexer.storage import Storage
 
@@ -53,27 +53,25 @@ class StorageNotFound(IndexerError):
     """No storage in the store matches the id or URL given."""
 
 
-def livrable_source(livrable: Livrable) -> str | None:
-    """The URL a livrable's files are published at: its ``stockage_params.url``, if it has a stockage."""
-    if not livrable.stockage:
-        return None
-    url = (livrable.stockage_params or {}).get("url")
-    return str(url) if url else None
-
-
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """A storage a scan was asked for, and the scan queued (None when one was already running)."""
+    """A scan asked for: the storage and the scan queued, or why none was."""
 
-    storage: int
-    url: str
+    storage: int | None
+    url: str | None
     scan: int | None
     livrable: str | None = None
+    reason: str | None = None
 
     @property
     def refused(self) -> str | None:
         """Why no scan was queued, for the user."""
-        return None if self.scan is not None else f"storage {self.storage} ({self.url}) is already being scanned"
+        if self.scan is not None:
+            return None
+        if self.reason is not None:
+            return self.reason
+        return (f"livrable {self.livrable!r}: " if self.livrable else "") + \
+            f"storage {self.storage} ({self.url}) is already being scanned"
 
 
 def queue_scan(engine: Engine, storage: int, trigger: str, full: bool = False) -> int:
@@ -99,7 +97,8 @@ def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_u
         full: read every dalle again instead of reusing unchanged ones.
 
     A storage being scanned already is not queued twice; its livrable's document is updated all
-    the same, and the running scan publishes with it.
+    the same, and the running scan publishes with it. A livrable without stockage is left out; one
+    whose stockage does not make a storage URL is refused, with the reason.
     """
     chosen = [liv for liv in projet.livrables if livrable_name is None or liv.nom == livrable_name]
     if livrable_name is not None and not chosen:
@@ -107,11 +106,17 @@ def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_u
     document = projet.model_dump(mode="json")
     queued = []
     for livrable in chosen:
-        source = livrable_source(livrable)
-        if source is None:
+        if not livrable.stockage:
             log.info("livrable without stockage", extra={"projet": projet.id, "livrable": livrable.nom})
             continue
-        url = storage_url(source)
+        try:
+            source = livrable_source(livrable)
+            url = storage_url(source)
+        except IndexerError as exc:
+            prefix = f"livrable {livrable.nom!r}: "
+            reason = str(exc) if str(exc).startswith(prefix) else prefix + str(exc)
+            queued.append(Queued(None, None, None, livrable.nom, reason))
+            continue
         storage = state.storage_id(engine, url)
         state.save_livrable(engine, storage, source, livrable.nom, projet.id, document)
         scan = state.claim_scan(engine, storage, "publish", full)
@@ -312,3 +317,13 @@ def fail_scan(engine: Engine, scan: int, error: str) -> bool:
     if ended:
         log.warning("scan failed", extra={"scan": scan, "error": error})
     return ended
+
+
+def take_stalled(engine: Engine, stale_after_s: float) -> list[state.Stalled]:
+    """The scans whose heartbeat is older than `stale_after_s`, each claimed for requeueing once."""
+    before = datetime.fromtimestamp(state.now().timestamp() - stale_after_s, UTC)
+    stalled = state.take_stalled(engine, before)
+    for scan in stalled:
+        log.warning("scan stalled", extra={"scan": scan.scan, "storage": scan.storage, "action": scan.action,
+                                           "chunks": len(scan.chunks)})
+    return stalled

@@ -638,6 +638,16 @@ def claim_finalize(engine: Engine, scan: int) -> bool:
         return True
 
 
+def release_finalize(engine: Engine, scan: int) -> bool:
+    """Give back an aggregation that failed halfway, so that a retry can claim it again."""
+    with engine.begin() as conn:
+        row = _lock_scan(conn, scan)
+        if row is None or row.status != "aggregating":
+            return False
+        conn.execute(update(scans).where(scans.c.id == scan).values(status="running", step="reading"))
+        return True
+
+
 def scan_row(engine: Engine, scan: int) -> Row[Any] | None:
     """A scan's row with its job's columns."""
     with engine.connect() as conn:

@@ -1,0 +1,85 @@
+"""The Celery app of the service, configured by ``config/celeryconfig.py`` and the environment.
+
+``celery -A tasks worker`` and ``celery -A tasks beat`` run it. The settings module's path is
+``PCRS_INDEXER_CELERY_CONFIG``, by default the ``config/celeryconfig.py`` of the source tree.
+Workers log JSON lines on stderr, one object per record with its ``extra`` fields.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from celery import Celery
+from celery.signals import setup_logging, worker_init
+from rasterio.errors import NotGeoreferencedWarning
+
+from indexer.errors import ConfigError
+from indexer.settings import get_settings
+from indexer.state import create_store
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "celeryconfig.py"
+
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message and the record's extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format a record as a JSON line."""
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        line.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS and not k.startswith("_")})
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+@setup_logging.connect
+def _json_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(loglevel or logging.INFO)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # A dalle without georeferencing is reported as data (not_georeferenced), not as a warning.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+@worker_init.connect
+def _migrate(**_: Any) -> None:
+    """Bring the state store's schema up to date before the worker takes messages."""
+    create_store(get_settings().database_url()).dispose()
+
+
+def load_config(path: Path) -> ModuleType:
+    """Import a Celery settings module from its file."""
+    if not path.is_file():
+        raise ConfigError(f"Celery settings {path} not found: set PCRS_INDEXER_CELERY_CONFIG")
+    spec = importlib.util.spec_from_file_location("pcrs_celeryconfig", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def create_app() -> Celery:
+    """The Celery app, its tasks in `tasks.jobs`."""
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("pcrs", include=["tasks.jobs"])
+    app.config_from_object(load_config(settings.celery_config or DEFAULT_CONFIG))
+    return app
+
+
+app = create_app()
