@@ -90,7 +90,9 @@ def open_target(target: state.ScanTarget) -> Storage:
     """The storage a scan reads, behind the fleet-wide host limiter."""
     if target.source is None:
         raise ConfigError(f"storage {target.storage} ({target.url}) has no source URL known: publish its livrable")
-    return limited(open_storage(target.source, options=AccessOptions.from_settings(get_settings())), limiter())
+    settings = get_settings()
+    storage = open_storage(target.source, options=AccessOptions.from_settings(settings))
+    return limited(storage, limiter(), max_slots=settings.concurrency)
 
 
 def storage_url(source: str) -> str:

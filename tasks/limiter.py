@@ -1,11 +1,15 @@
 """A cap on the connections to one storage host, shared by every worker of the fleet through Redis.
 
-Each host has a Redis sorted set of leases, a random token scored by its expiry time (Redis's
-own clock, so the machines' clocks do not matter). A worker takes a lease before each call that
-opens a connection to the storage (listing, header read, ranged read) and gives it back right
-after; while it holds leases a thread renews them, so a lease outlives its worker by at most
-`lease_s` when the worker dies. Taking a lease is one Lua script: drop the expired leases, add
-ours if fewer than `cap` remain.
+Each host has a Redis sorted set of slots, a random token scored by its expiry time (Redis's own
+clock, so the machines' clocks do not matter). Taking a slot is one Lua script: drop the expired
+slots, add ours if fewer than `cap` remain. While a process holds slots a thread renews them, so
+a slot outlives a worker that died by at most `lease_s`.
+
+A slot stands for a connection, not for a request: connections are pooled and kept alive between
+requests, so `LimitedStorage` keeps the slots it took until the storage is closed (at the end of
+each task), and never has more requests in flight than slots held. The storage's connection pool
+then never holds more connections than slots, and the host never sees more than `cap`
+connections from the whole fleet.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import redis
 
 from indexer.errors import StorageUnreachable
 from indexer.models import FileEntry
-from indexer.storage import Storage
+from indexer.storage import LISTING_CONCURRENCY, Storage
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +35,12 @@ _ACQUIRE = """
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-    redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[3]), ARGV[2])
-    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+local wanted = #ARGV - 2
+if redis.call('ZCARD', KEYS[1]) + wanted <= tonumber(ARGV[1]) then
+    for i = 3, #ARGV do
+        redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[i])
+    end
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
     return 1
 end
 return 0
@@ -89,31 +96,54 @@ class HostLimiter:
         now_s, now_us = self.client.time()
         return int(self.client.zcount(key, now_s * 1000 + now_us // 1000 + 1, "+inf"))
 
-    @contextmanager
-    def slot(self, host: str) -> Iterator[None]:
-        """Hold one of the host's `cap` slots for the duration of the block."""
+    def try_acquire(self, host: str, count: int = 1) -> list[str] | None:
+        """Take `count` slots of the host at once if so many are free (renewed until released).
+
+        All or nothing, so that two workers each waiting for a second slot never hold each
+        other's. Returns their tokens, None when not enough were free.
+        """
         key = self.key(host)
-        token = uuid.uuid4().hex
+        tokens = [uuid.uuid4().hex for _ in range(count)]
+        if not self._acquire(keys=[key], args=[self.cap, self.lease_ms, *tokens]):
+            return None
+        with self._lock:
+            self._held.update(dict.fromkeys(tokens, key))
+            self._start_renewer()
+        return tokens
+
+    def release(self, host: str, token: str) -> None:
+        """Give a slot back."""
+        with self._lock:
+            self._held.pop(token, None)
+        try:
+            self.client.zrem(self.key(host), token)
+        except redis.RedisError as exc:  # the lease lapses by itself
+            log.warning("host slot not released", extra={"host": host, "error": str(exc)})
+
+    def acquire(self, host: str, count: int = 1) -> list[str]:
+        """Wait until `count` slots of the host are free and take them; raises `HostBusy` after `wait_s`."""
         deadline = time.monotonic() + self.wait_s
         delay = 0.01
-        while not self._acquire(keys=[key], args=[self.cap, token, self.lease_ms]):
+        while (tokens := self.try_acquire(host, count)) is None:
             if time.monotonic() >= deadline:
-                raise HostBusy(f"no connection to {host} free after {self.wait_s:g} s "
-                               f"({self.cap} at most, all workers together)")
+                raise self.busy(host)
             time.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 0.25)
-        with self._lock:
-            self._held[token] = key
-            self._start_renewer()
+        return tokens
+
+    def busy(self, host: str) -> HostBusy:
+        """The error of a wait for a slot that lasted too long."""
+        return HostBusy(f"no connection to {host} free after {self.wait_s:g} s "
+                        f"({self.cap} at most, all workers together)")
+
+    @contextmanager
+    def slot(self, host: str) -> Iterator[None]:
+        """Hold one of the host's slots for the duration of the block."""
+        (token,) = self.acquire(host)
         try:
             yield
         finally:
-            with self._lock:
-                self._held.pop(token, None)
-            try:
-                self.client.zrem(key, token)
-            except redis.RedisError as exc:  # the lease expires by itself
-                log.warning("host slot not released", extra={"host": host, "error": str(exc)})
+            self.release(host, token)
 
     def _start_renewer(self) -> None:
         if self._renewer is None or not self._renewer.is_alive():
@@ -134,42 +164,115 @@ class HostLimiter:
 
 
 class LimitedStorage(Storage):
-    """A storage whose every connecting call holds a slot of its host's limiter."""
+    """A storage that never has more connections open than host slots it holds.
 
-    def __init__(self, inner: Storage, limiter: HostLimiter, host: str) -> None:
+    Slots are taken as calls need them, up to `max_slots`, and kept until `close`: a call uses a
+    held slot that is free, else takes one more from the fleet, else waits for one of its own to
+    free. A listing first holds as many slots as the crawl opens connections (`listing_slots`).
+    """
+
+    def __init__(self, inner: Storage, limiter: HostLimiter, host: str, max_slots: int = 1,
+                 listing_slots: int = LISTING_CONCURRENCY) -> None:
         self.inner = inner
         self.limiter = limiter
         self.host = host
         self.url = inner.url
+        self.max_slots = max(1, min(max_slots, limiter.cap))
+        self.listing_slots = max(1, min(listing_slots, limiter.cap))
+        self._held: list[str] = []
+        self._free = 0
+        self._cond = threading.Condition()
+
+    @property
+    def held(self) -> int:
+        """Slots this storage holds."""
+        with self._cond:
+            return len(self._held)
+
+    def _take(self, grow_to: int) -> None:
+        """Take a free held slot, growing the held slots up to `grow_to` when none is free."""
+        deadline = time.monotonic() + self.limiter.wait_s
+        delay = 0.01
+        while True:
+            with self._cond:
+                if self._free > 0:
+                    self._free -= 1
+                    return
+                can_grow = len(self._held) < grow_to
+            if can_grow:
+                tokens = self.limiter.try_acquire(self.host)
+                if tokens is not None:
+                    with self._cond:
+                        self._held.extend(tokens)
+                    return
+            if time.monotonic() >= deadline:
+                raise self.limiter.busy(self.host)
+            with self._cond:
+                self._cond.wait(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.25)
+
+    def _give(self, count: int = 1) -> None:
+        with self._cond:
+            self._free += count
+            self._cond.notify(count)
+
+    @contextmanager
+    def _connection(self) -> Iterator[None]:
+        self._take(self.max_slots)
+        try:
+            yield
+        finally:
+            self._give()
 
     def list_files(self) -> list[FileEntry]:
-        """List the storage, holding one slot (a crawl's pages are fetched inside it)."""
-        with self.limiter.slot(self.host):
+        """List the storage holding `listing_slots` slots at once: a crawl fetches several pages at once."""
+        with self._cond:
+            missing = max(0, self.listing_slots - len(self._held))
+        if missing:
+            tokens = self.limiter.acquire(self.host, missing)
+            with self._cond:
+                self._held.extend(tokens)
+                self._free += len(tokens)
+        with self._cond:
+            self._cond.wait_for(lambda: self._free >= self.listing_slots)
+            self._free -= self.listing_slots
+        try:
             return self.inner.list_files()
+        finally:
+            self._give(self.listing_slots)
 
     def read_prefix(self, entry: FileEntry, length: int) -> tuple[bytes, int]:
-        """Read the start of a file, holding one slot."""
-        with self.limiter.slot(self.host):
+        """Read the start of a file on a connection of a held slot."""
+        with self._connection():
             return self.inner.read_prefix(entry, length)
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
-        """Read bytes of a file, holding one slot."""
-        with self.limiter.slot(self.host):
+        """Read bytes of a file on a connection of a held slot."""
+        with self._connection():
             return self.inner.read_range(path, start, end)
 
     def stat(self, entry: FileEntry) -> FileEntry:
-        """Complete an entry, holding one slot."""
-        with self.limiter.slot(self.host):
+        """Complete an entry on a connection of a held slot."""
+        with self._connection():
             return self.inner.stat(entry)
 
     def close(self) -> None:
-        """Close the wrapped storage's connections."""
-        self.inner.close()
+        """Close the wrapped storage's connections, then give its slots back to the fleet."""
+        try:
+            self.inner.close()
+        finally:
+            with self._cond:
+                held, self._held, self._free = self._held, [], 0
+            for token in held:
+                self.limiter.release(self.host, token)
 
 
-def limited(storage: Storage, limiter: HostLimiter | None) -> Storage:
-    """The storage behind the host limiter, unless there is no limiter or no host (a local folder)."""
+def limited(storage: Storage, limiter: HostLimiter | None, max_slots: int = 1) -> Storage:
+    """The storage behind the host limiter, unless there is no limiter or no host (a local folder).
+
+    `max_slots` is how many connections one storage may hold at once: the scan's read concurrency.
+    """
     host = host_of(storage.url)
     if limiter is None or host is None:
         return storage
-    return LimitedStorage(storage, limiter, host)
+    return LimitedStorage(storage, limiter, host, max_slots)

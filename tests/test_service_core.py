@@ -388,6 +388,43 @@ def test_the_host_limiter_caps_concurrent_slots(redis_server: RedisServer) -> No
     client.close()
 
 
+def test_slots_are_taken_all_or_nothing_and_kept_until_close(redis_server: RedisServer, tmp_path: Path) -> None:
+    client = redis_server.client()
+    client.flushall()
+    limiter = HostLimiter(client, cap=3, lease_s=5.0, wait_s=5.0)
+    held = limiter.try_acquire("h", 2)
+    assert held is not None and len(held) == 2
+    assert limiter.try_acquire("h", 2) is None  # never one of two: a second listing would wait holding it
+    (third,) = limiter.try_acquire("h") or []
+    for token in [*held, third]:
+        limiter.release("h", token)
+    # A storage holds its slots between calls, as its pool keeps connections alive, until closed.
+    for i in range(8):
+        write_dalle(tmp_path / f"d{i}.tif", (651000.0 + i * 200, 6862000.0), pixels=16, resolution_m=12.5)
+
+    class Slow(LocalStorage):
+        def read_prefix(self, entry, length):  # type: ignore[no-untyped-def]
+            time.sleep(0.1)
+            return super().read_prefix(entry, length)
+
+    first, second = (LimitedStorage(Slow(tmp_path), HostLimiter(client, cap=3, wait_s=5.0), "h", max_slots=4)
+                     for _ in range(2))
+    entries = LocalStorage(tmp_path).list_files()
+    second.read_prefix(entries[0], 1024)
+    second.read_prefix(entries[1], 1024)
+    assert (second.held, limiter.holders("h")) == (1, 1)
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda entry: first.read_prefix(entry, 1024), entries))
+    assert (first.held, limiter.holders("h")) == (2, 3)  # the fleet's cap, not its own max_slots
+    second.close()
+    assert (second.held, limiter.holders("h")) == (0, 2)
+    assert len(first.list_files()) == 8  # a listing holds min(cap, 4) slots at once
+    assert (first.held, limiter.holders("h")) == (3, 3)
+    first.close()
+    assert limiter.holders("h") == 0
+    client.close()
+
+
 def test_only_remote_storages_are_limited(redis_server: RedisServer, tmp_path: Path) -> None:
     client = redis_server.client()
     limiter = HostLimiter(client, cap=1)
