@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from celery import Celery
 from click.testing import CliRunner
 from sqlalchemy import Engine, func, select
 
@@ -401,7 +402,15 @@ def test_export_streams_every_published_livrable(service: Service, engine: Engin
                                                  big_livrable: Path, tmp_path: Path) -> None:
     service.worker()
     service.cli("publish", str(projet_file(tmp_path, str(sample_livrable), "Ortho 2025")))
-    service.cli("publish", str(projet_file(tmp_path, str(big_livrable), "Ortho grand")))
+    # Another service sends the documented task by name, with the projet document as JSON.
+    client = Celery(broker=service.redis.url, backend=service.redis.url)
+    try:
+        document = json.loads(projet_file(tmp_path, str(big_livrable), "Ortho grand").read_text())
+        sent = client.send_task("pcrs.publish", kwargs={"projet": document}, queue="pcrs")
+        assert sent.get(timeout=60) == {"queued": [{"storage": 2, "scan": 2, "url": big_livrable.as_uri(),
+                                                    "livrable": "Ortho grand"}], "refused": []}
+    finally:
+        client.close()
     wait_scan(engine, 1)
     wait_scan(engine, 2)
     summary = service.cli_json("export", "--out", str(tmp_path / "export"))
