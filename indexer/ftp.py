@@ -203,15 +203,19 @@ class FTPConnection(FTPFileSystem):  # type: ignore[misc]
             ftp = ftplib.FTP(timeout=server.timeout_s, encoding="utf-8")
         self.ftp = ftp
         address = server.addresses.resolve(server.host, server.port)[0]
-        ftp.connect(address, server.port)
-        ftp.host = server.host  # the certificate names the host, not its address
-        ftp.set_pasv(True)  # data connections go to the checked address, whatever PASV answers
-        ftp.login(server.username, server.password)
-        self._binary = False
         try:
-            features = ftp.sendcmd("FEAT").upper()
-        except ftplib.error_perm:
-            features = ""
+            ftp.connect(address, server.port)
+            ftp.host = server.host  # the certificate names the host, not its address
+            ftp.set_pasv(True)  # data connections go to the checked address, whatever PASV answers
+            ftp.login(server.username, server.password)
+            try:
+                features = ftp.sendcmd("FEAT").upper()
+            except ftplib.error_perm:
+                features = ""
+        except BaseException:
+            ftp.close()
+            raise
+        self._binary = False
         self.use_mlsd = "MLST" in features
         if "UTF8" in features:
             with suppress(ftplib.error_perm):
