@@ -38,7 +38,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from indexer.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -351,16 +354,12 @@ def run_reference(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def loopback_storage(url: str) -> Any:
-    """Our storage for a URL on 127.0.0.1, loopback let through the address policy when there is one."""
-    from indexer import storage
-
-    access = getattr(storage, "AccessOptions", None)
-    if access is None:
-        return storage.open_storage(url)
+def loopback_storage(url: str) -> Storage:
+    """Our storage for a URL on 127.0.0.1: the address policy lets loopback through, nothing else changes."""
     from indexer.addresses import AddressPolicy
+    from indexer.storage import AccessOptions, open_storage
 
-    return storage.open_storage(url, options=access(addresses=AddressPolicy.of(["127.0.0.0/8"])))
+    return open_storage(url, options=AccessOptions(addresses=AddressPolicy.of(["127.0.0.0/8"])))
 
 
 def run_ours(params: dict[str, Any]) -> dict[str, Any]:
