@@ -242,9 +242,10 @@ def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | N
     if entry.size == 0:
         return DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
     try:
-        prefix, size = storage.read_prefix(entry, header_bytes)
+        prefix, entry = storage.read_start(entry, header_bytes)
     except ReadError as exc:
         return DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime, entry.etag)
+    size = entry.size or 0
     if size == 0:
         return DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
     if mime not in _DRIVERS:

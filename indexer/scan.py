@@ -31,7 +31,7 @@ from indexer.headers import (
     suffix,
 )
 from indexer.models import Dalle, DalleProblem, FileEntry, ScanResult
-from indexer.storage import Storage
+from indexer.storage import ReadError, Storage
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,37 @@ def reusable(entry: FileEntry, previous: Dalle | DalleProblem | None) -> bool:
         return False  # a transient failure is always retried
     signature = state.Signature.of(entry)
     return signature.usable and signature == state.Signature.of(previous)
+
+
+def split_reusable(storage: Storage, candidates: list[FileEntry], previous: dict[str, Dalle | DalleProblem],
+                   concurrency: int) -> tuple[list[Dalle | DalleProblem], list[FileEntry]]:
+    """The previous records still valid, and the entries to read.
+
+    A listing that shows no exact size or no date (Apache's rounded sizes, plain pages) gives no
+    signature: for those files only, and only when a previous record exists, `Storage.stat`
+    completes the entry (a HEAD over HTTP) as the first read did.
+    """
+    unsure = [e for e in candidates if e.path in previous and not state.Signature.of(e).usable]
+    completed: dict[str, FileEntry] = {}
+    if unsure:
+        def stat(entry: FileEntry) -> FileEntry:
+            try:
+                return storage.stat(entry)
+            except ReadError:
+                return entry  # read it again: the read says why if it fails
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stat") as pool:
+            completed = {e.path: e for e in pool.map(stat, unsure)}
+    kept: list[Dalle | DalleProblem] = []
+    to_read: list[FileEntry] = []
+    for entry in candidates:
+        entry = completed.get(entry.path, entry)
+        old = previous.get(entry.path)
+        if old is not None and reusable(entry, old):
+            kept.append(old)
+        else:
+            to_read.append(entry)
+    return kept, to_read
 
 
 def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], options: ScanOptions,
@@ -155,14 +186,7 @@ def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
         raise
     state.update_scan(engine, scan, step="reading", listed=len(listing.files))
     previous = {} if options.full else {r.path: r for r in state.load_records(engine, storage_key)}
-    kept: list[Dalle | DalleProblem] = []
-    to_read: list[FileEntry] = []
-    for entry in listing.candidates:
-        old = previous.get(entry.path)
-        if old is not None and reusable(entry, old):
-            kept.append(old)
-        else:
-            to_read.append(entry)
+    kept, to_read = split_reusable(storage, listing.candidates, previous, options.concurrency)
     read = read_all(storage, listing, to_read, options, wrap)
     results = sorted([*kept, *place_proprietary(storage, listing, read)], key=lambda r: r.path)
     result = ScanResult(

@@ -249,6 +249,12 @@ class Storage:
         """Bytes [start, end) of a file."""
         raise NotImplementedError
 
+    def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """The first `length` bytes of a file, and its entry completed by that read as `stat` would
+        complete it: the exact size, and the date and ETag the read told where the listing had none."""
+        data, size = self.read_prefix(entry, length)
+        return data, replace(entry, size=size)
+
     def stat(self, entry: FileEntry) -> FileEntry:
         """The entry completed with what the listing did not show (size, date, ETag), when it costs
         a request, for change detection. Storages whose listing shows it all return it unchanged."""
@@ -547,7 +553,12 @@ class HTTPListingStorage(Storage):
 
     def read_prefix(self, entry: FileEntry, length: int) -> tuple[bytes, int]:
         """One ranged GET; the size comes from the listing or the ``Content-Range`` header."""
-        return sync(self.fs.loop, self._read_prefix, entry, length)  # type: ignore[no-any-return]
+        data, completed = self.read_start(entry, length)
+        return data, completed.size or 0
+
+    def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """One ranged GET, whose headers complete the entry as a HEAD would (see `stat`)."""
+        return sync(self.fs.loop, self._read_start, entry, length)  # type: ignore[no-any-return]
 
     async def _request(self, path: str, call: Callable[[aiohttp.ClientSession, str], Awaitable[T]]) -> T:
         session = await self._session()
@@ -559,11 +570,11 @@ class HTTPListingStorage(Storage):
         except ForbiddenAddress as exc:
             raise ReadError(f"{path}: {exc}") from exc
 
-    async def _read_prefix(self, entry: FileEntry, length: int) -> tuple[bytes, int]:
-        async def get(session: aiohttp.ClientSession, url: str) -> tuple[bytes, int]:
+    async def _read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        async def get(session: aiohttp.ClientSession, url: str) -> tuple[bytes, FileEntry]:
             async with session.get(url, headers={"Range": f"bytes=0-{length - 1}"}) as response:
                 if response.status == 416:  # empty file: no byte satisfies the range
-                    return b"", 0
+                    return b"", replace(entry, size=0)
                 if response.status == 404:
                     raise FileNotFoundError(mask_url(url))
                 response.raise_for_status()
@@ -576,9 +587,21 @@ class HTTPListingStorage(Storage):
                     total = response.content_length
                 if total is None:
                     total = len(data)
-                return data, total
+                return data, self._completed(entry, total, response.headers)
 
         return await self._request(entry.path, get)
+
+    @staticmethod
+    def _completed(entry: FileEntry, size: int | None, headers: Any) -> FileEntry:
+        """The entry with what a response tells and the listing did not show."""
+        if entry.size is not None and (entry.mtime is not None or entry.etag is not None):
+            return entry if entry.size == size or size is None else replace(entry, size=size)
+        return FileEntry(
+            entry.path,
+            size if size is not None else entry.size,
+            entry.mtime or _http_last_modified(headers.get("Last-Modified")),
+            entry.etag or headers.get("ETag"),
+        )
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """A ranged GET."""
@@ -612,12 +635,7 @@ class HTTPListingStorage(Storage):
                 if response.status == 404:
                     raise FileNotFoundError(mask_url(url))
                 response.raise_for_status()
-                return FileEntry(
-                    entry.path,
-                    entry.size if entry.size is not None else response.content_length,
-                    entry.mtime or _http_last_modified(response.headers.get("Last-Modified")),
-                    entry.etag or response.headers.get("ETag"),
-                )
+                return self._completed(entry, response.content_length, response.headers)
 
         return await self._request(entry.path, head)
 

@@ -97,3 +97,42 @@ def test_unlistable_storage_exits_3_and_keeps_the_last_result(sample_livrable: P
     assert result.exit_code == 3
     assert result.stderr == f"pcrs-indexer: error: cannot list {server.url}/absent/: not found (HTTP 404)\n"
     assert (out / "dalles.geojson").read_bytes() == before
+
+
+def test_rescan_of_a_listing_without_exact_sizes_costs_one_head_per_dalle(tmp_path: Path) -> None:
+    import shutil
+
+    from indexer.sample import make_sample_livrable
+    from indexer.scan import ScanOptions, scan_storage
+    from indexer.state import create_store
+    from tests.conftest import SMALL
+    from tests.servers import Apache, public_folder
+
+    root = public_folder()
+    server = None
+    try:
+        make_sample_livrable(root / "livrable", SMALL)
+        server = Apache(root, tmp_path / "apache").start()
+        engine = create_store(f"sqlite:///{tmp_path / 'state.sqlite'}")
+        policy = AddressPolicy.of(["127.0.0.1"])
+        url = server.url + "/fancy/livrable/"
+        with HTTPListingStorage(url, RetryPolicy(), "test", addresses=policy) as storage:
+            rounded = {e.path for e in storage.list_files() if e.size is None and e.path.endswith((".tif", ".jp2"))}
+            first = scan_storage(storage, engine, ScanOptions())
+        assert len(rounded) >= 15  # Apache shows "9.0K": no exact size, no signature
+        before = len(server.requests())
+        with HTTPListingStorage(url, RetryPolicy(), "test", addresses=policy) as storage:
+            second = scan_storage(storage, engine, ScanOptions())
+        again = server.requests()[before:]
+        assert (second.reused, len(second.dalles)) == (22, 15)
+        assert second.dalles == first.dalles
+        assert sorted({r.method for r in again}) == ["GET", "HEAD"]
+        heads = [r.path.encode().decode("unicode_escape").encode("latin-1").decode() for r in again
+                 if r.method == "HEAD"]  # Apache logs "é" as "\\xc3\\xa9"
+        assert sorted(heads) == sorted(
+            f"/fancy/livrable/{p}" for p in rounded)
+        assert all(r.path.endswith("/") for r in again if r.method == "GET")  # listing pages only
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
