@@ -21,7 +21,9 @@ result_serializer = "json"
 accept_content = ["json"]
 result_accept_content = ["json"]
 result_expires = 24 * 3600
-result_extended = True
+# Results keep no task arguments: a projet document sent to pcrs.publish may carry storage passwords
+# (senders should also give it a `kwargsrepr`, which is what workers log and Flower shows).
+result_extended = False
 task_track_started = True
 task_default_queue = "pcrs"
 

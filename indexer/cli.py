@@ -198,7 +198,10 @@ db_option = click.option("--db", "db_url", metavar="URL",
 
 
 def _store(db_url: str | None) -> Any:
-    return create_store(db_url or get_settings().database_url())
+    """The state store, its connections closed when the command ends."""
+    engine = create_store(db_url or get_settings().database_url())
+    click.get_current_context().call_on_close(engine.dispose)
+    return engine
 
 
 @main.command()

@@ -279,10 +279,10 @@ def test_requeue_and_status(service: Service, engine: Engine, nginx: Callable[..
     again = wait_scan(engine, scan=2)
     assert (again.trigger, again.read, again.reused) == ("requeue", 0, 10)
     assert service.cli_json("requeue", "--failed") == {"queued": [], "refused": []}
-    missing = service.cli("status", "7", check=False)
-    assert (missing.returncode, missing.stderr) == (
+    missing = CliRunner().invoke(main, ["status", "7", "--db", service.db_url])
+    assert (missing.exit_code, missing.stderr) == (
         4, "pcrs-indexer: error: no storage '7' in the state store: see `pcrs-indexer storages`\n")
-    assert service.cli("requeue", check=False).returncode == 2
+    assert CliRunner().invoke(main, ["requeue", "--db", service.db_url]).exit_code == 2
 
 
 def established(port: int) -> int:
