@@ -34,7 +34,7 @@ from indexer.export import livrable_feature, write_outputs
 from indexer.headers import PROPRIETARY_FORMATS, suffix
 from indexer.models import Dalle, DalleProblem, FileEntry, ScanResult
 from indexer.projet import Livrable, Projet, livrable_source
-from indexer.scan import Listing, ScanOptions, place_proprietary, read_all, reusable
+from indexer.scan import Listing, ScanOptions, place_proprietary, read_all, split_reusable
 from indexer.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -156,24 +156,22 @@ def _stem(entry: FileEntry) -> str:
     return entry.path[: -len(suffix(entry.path))].lower() if suffix(entry.path) else entry.path.lower()
 
 
-def list_scan(engine: Engine, storage: Storage, target: state.ScanTarget, chunk_size: int) -> ScanPlan | None:
+def list_scan(engine: Engine, storage: Storage, target: state.ScanTarget, chunk_size: int,
+              concurrency: int = 16) -> ScanPlan | None:
     """List a queued scan's storage and split the dalles to read into chunks of `chunk_size`.
 
-    Unchanged dalles are reused from the storage's records unless the scan is `full`. Returns
-    None when the scan is past its listing (a repeated message). Raises `StorageUnreachable`
-    when the storage cannot be listed; the caller retries or ends the scan as failed.
+    Unchanged dalles are reused from the storage's records unless the scan is `full`, by the rule
+    of `pcrs-indexer index` (`split_reusable`). Returns None when the scan is past its listing (a
+    repeated message). Raises `StorageUnreachable` when the storage cannot be listed; the caller
+    retries or ends the scan as failed.
     """
     if not state.begin_listing(engine, target.scan):
         return None
     listing = Listing.of(storage.list_files())
     previous = {} if target.full else {r.path: r for r in state.load_records(engine, target.storage)}
-    files: list[state.ListedFile] = []
-    to_read: list[FileEntry] = []
-    for entry in listing.candidates:
-        if reusable(entry, previous.get(entry.path)):
-            files.append(state.ListedFile(entry, "reused", _stem(entry)))
-        else:
-            to_read.append(entry)
+    kept, to_read = split_reusable(storage, listing.candidates, previous, concurrency)
+    files = [state.ListedFile(entry, "reused", _stem(entry))
+             for entry in (FileEntry(r.path, r.size, r.mtime, r.etag) for r in kept)]
     sizes = [len(to_read[i:i + chunk_size]) for i in range(0, len(to_read), chunk_size)]
     files += [state.ListedFile(entry, "read", _stem(entry), n // chunk_size) for n, entry in enumerate(to_read)]
     files += [state.ListedFile(side, "sidecar", stem)

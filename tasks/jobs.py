@@ -202,7 +202,7 @@ def scan_storage(self: Task, scan_id: int) -> dict[str, Any]:
 
     def work() -> dict[str, Any]:
         with open_target(target) as storage:
-            plan = jobs.list_scan(engine(), storage, target, get_settings().chunk_size)
+            plan = jobs.list_scan(engine(), storage, target, get_settings().chunk_size, get_settings().concurrency)
         if plan is None:
             return {"scan": scan_id, "status": "already listed"}
         dispatch_reading(scan_id, range(plan.chunks))
