@@ -234,7 +234,7 @@ def _problem(entry: FileEntry, finding: Finding, size: int | None) -> DalleProbl
 
 
 def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | None = None,
-               header_bytes: int = 65536) -> Dalle | DalleProblem:
+               header_bytes: int = 16384) -> Dalle | DalleProblem:
     """Read one dalle's header from its storage. Never raises for a bad file."""
     mime = raster_mime(entry.path)
     if mime is None:

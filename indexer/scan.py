@@ -48,7 +48,7 @@ class ScanOptions:
     """How a scan reads its storage."""
 
     concurrency: int = 16
-    header_bytes: int = 65536
+    header_bytes: int = 16384
     full: bool = False
     """Ignore change detection and read every dalle again."""
 

@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     db_url: str | None = Field(default=None, description="SQLAlchemy URL; default a SQLite file in data_dir.")
     concurrency: int = Field(default=16, ge=1, le=256, description="Header reads in flight at once.")
     header_bytes: int = Field(
-        default=65536, ge=4096, description="Bytes fetched from the start of each dalle in one request."
+        default=16384, ge=4096, description="Bytes fetched from the start of each dalle in one request."
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of every network call.")
     retries: int = Field(default=3, ge=0, le=10, description="Retries of a transient network failure.")

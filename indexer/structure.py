@@ -7,6 +7,7 @@ box structure and compare them with the real file size.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -165,7 +166,9 @@ def _check_blocks(tags: dict[int, tuple[int, ...]], file_size: int) -> Finding |
         return Finding("corrupt", "the TIFF block table is missing or inconsistent")
     if not any(counts):
         return Finding("empty", f"no image block was ever written ({len(counts)} in the table)")
-    end, block = max((o + c, i) for i, (o, c) in enumerate(zip(offsets, counts, strict=True)) if c)
+    ends = list(map(operator.add, offsets, counts))
+    end = max(ends)
+    block = ends.index(end)
     if end > file_size:
         return Finding(
             "corrupt",

@@ -51,9 +51,9 @@ def test_one_ranged_get_per_dalle_and_no_probing(sample_livrable: Path, serve, t
     rasters = {f"/{p.relative_to(sample_livrable).as_posix()}" for p in sample_livrable.rglob("*")
                if p.suffix in (".tif", ".jp2", ".ecw") and p.stat().st_size > 0}
     assert per_file == dict.fromkeys(rasters, 1)
-    assert all(r.range == "bytes=0-65535" for r in files)
+    assert all(r.range == "bytes=0-16383" for r in files)
     assert all(r.status == 206 for r in files)
-    assert sum(r.bytes_sent for r in files) / len(files) < 64 * 1024 + 1024
+    assert sum(r.bytes_sent for r in files) / len(files) < 16 * 1024 + 1024
 
 
 def test_sidecar_listed_is_read_only_for_a_dalle_that_needs_it(make_dalle, serve, tmp_path: Path) -> None:
