@@ -245,6 +245,18 @@ def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | N
         prefix, entry = storage.read_start(entry, header_bytes)
     except ReadError as exc:
         return DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime, entry.etag)
+    return parse_dalle(storage, entry, prefix, sidecars)
+
+
+def parse_dalle(storage: Storage, entry: FileEntry, prefix: bytes, sidecars: list[FileEntry] | None = None
+                ) -> Dalle | DalleProblem:
+    """The record of a dalle from the first bytes `Storage.read_start` gave, with the entry it completed.
+
+    Reads more of the storage only for a header longer than `prefix` or for sidecar files.
+    """
+    mime = raster_mime(entry.path)
+    if mime is None:
+        raise ValueError(f"{entry.path} is not a raster candidate")
     size = entry.size or 0
     if size == 0:
         return DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)

@@ -6,7 +6,9 @@ plain functions so the distributed service can run them separately.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import queue
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -23,6 +25,7 @@ from indexer.headers import (
     WORLD_FILE_SUFFIXES,
     corners,
     identify_epsg,
+    parse_dalle,
     raster_mime,
     read_dalle,
     read_georef,
@@ -123,13 +126,72 @@ def split_reusable(storage: Storage, candidates: list[FileEntry], previous: dict
 
 def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], options: ScanOptions,
              wrap: Wrap[Dalle | DalleProblem] = _no_progress) -> list[Dalle | DalleProblem]:
-    """Read the headers of `entries`, `options.concurrency` at a time, in the order given."""
+    """Read the headers of `entries`, `options.concurrency` at a time; results in the order given."""
     if not entries:
         return []
+    if storage.loop is not None:
+        return _read_with_coroutines(storage, storage.loop, listing, entries, options, wrap)
     with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="read") as pool:
         results = pool.map(
             lambda e: read_dalle(storage, e, listing.sidecars_of(e), options.header_bytes), entries)
         return list(wrap(iter(results), len(entries)))
+
+
+def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, listing: Listing,
+                          entries: list[FileEntry], options: ScanOptions,
+                          wrap: Wrap[Dalle | DalleProblem]) -> list[Dalle | DalleProblem]:
+    """Reads in flight on the storage's event loop, headers parsed on a thread beside it.
+
+    No thread waits on the network: `options.concurrency` coroutines each fetch a dalle's first
+    bytes and hand them to a parsing thread (which may read more through the storage's usual,
+    thread-safe methods), so the network costs no Python thread switch per request.
+    """
+    results: list[Dalle | DalleProblem | None] = [None] * len(entries)
+    done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
+    pending = iter(enumerate(entries))
+
+    def parse(index: int, entry: FileEntry, prefix: bytes) -> None:
+        results[index] = parse_dalle(storage, entry, prefix, listing.sidecars_of(entry))
+
+    async def worker(parsing: ThreadPoolExecutor) -> None:
+        running = asyncio.get_running_loop()
+        for index, entry in pending:
+            if raster_mime(entry.path) is None:
+                raise ValueError(f"{entry.path} is not a raster candidate")
+            if entry.size == 0:
+                results[index] = DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
+            else:
+                try:
+                    prefix, entry = await storage.aread_start(entry, options.header_bytes)
+                except ReadError as exc:
+                    results[index] = DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime,
+                                                  entry.etag)
+                else:
+                    await running.run_in_executor(parsing, parse, index, entry, prefix)
+            done.put(index)
+
+    async def run_all() -> None:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse") as parsing:
+            await asyncio.gather(*(worker(parsing) for _ in range(min(options.concurrency, len(entries)))))
+
+    future = asyncio.run_coroutine_threadsafe(run_all(), loop)
+    future.add_done_callback(lambda f: done.put(f.exception() or StopIteration()))
+
+    def progress() -> Iterator[Dalle | DalleProblem]:
+        while True:
+            item = done.get()
+            if isinstance(item, StopIteration):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            result = results[item]
+            if result is not None:
+                yield result
+
+    for _ in wrap(progress(), len(entries)):
+        pass
+    future.result()
+    return [r for r in results if r is not None]
 
 
 def place_proprietary(storage: Storage, listing: Listing, results: list[Dalle | DalleProblem]

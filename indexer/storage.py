@@ -249,6 +249,15 @@ class Storage:
         """Bytes [start, end) of a file."""
         raise NotImplementedError
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """The event loop running `aread_start` for a storage read with coroutines, else None."""
+        return None
+
+    async def aread_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """`read_start` as a coroutine, on `loop`, for storages that have one."""
+        raise NotImplementedError
+
     def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
         """The first `length` bytes of a file, and its entry completed by that read as `stat` would
         complete it: the exact size, and the date and ETag the read told where the listing had none."""
@@ -559,6 +568,15 @@ class HTTPListingStorage(Storage):
     def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
         """One ranged GET, whose headers complete the entry as a HEAD would (see `stat`)."""
         return sync(self.fs.loop, self._read_start, entry, length)  # type: ignore[no-any-return]
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop | None:
+        """fsspec's event loop, where the HTTP session lives."""
+        return self.fs.loop  # type: ignore[no-any-return]
+
+    async def aread_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """One ranged GET, as a coroutine on `loop`."""
+        return await self._read_start(entry, length)
 
     async def _request(self, path: str, call: Callable[[aiohttp.ClientSession, str], Awaitable[T]]) -> T:
         session = await self._session()

@@ -219,7 +219,7 @@ def test_identical_geokeys_are_read_once_and_give_the_same_record(make_dalle, mo
 
     monkeypatch.setattr(headers, "_CRS_BY_GEOKEYS", {})
     first = make_dalle("a.tif", (700000.0, 6600200.0), pixels=200, resolution_m=1.0)
-    second = make_dalle("b.tif", (700200.0, 6600200.0), pixels=200, resolution_m=1.0)
+    make_dalle("b.tif", (700200.0, 6600200.0), pixels=200, resolution_m=1.0)
     storage = LocalStorage(first.parent)
     entries = {e.path: e for e in storage.list_files()}
     slow = read_dalle(storage, entries["a.tif"])
