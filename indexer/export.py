@@ -52,16 +52,25 @@ def epsg_label(epsg: int | None) -> str | None:
     return f"EPSG:{epsg}" if epsg is not None else None
 
 
-def dalle_geometry(dalle: Dalle) -> dict[str, Any]:
-    """The dalle's four corners in WGS84 as a counter-clockwise GeoJSON Polygon."""
-    xy = np.array(dalle.corners, dtype="float64")
-    lon, lat = to_wgs84(dalle.crs_wkt).transform(xy[:, 0], xy[:, 1])
-    ring = np.round(np.column_stack([lon, lat]), DECIMALS)
-    x, y = ring[:, 0], ring[:, 1]
-    if float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)) < 0:  # clockwise: reverse from UL
-        ring = ring[[0, 3, 2, 1]]
-    coords = [[float(a), float(b)] for a, b in ring]
-    return {"type": "Polygon", "coordinates": [[*coords, coords[0]]]}
+def dalle_rings(dalles: list[Dalle]) -> np.ndarray:
+    """Each dalle's closed ring in WGS84, counter-clockwise from its upper-left corner, 7 decimals.
+
+    One coordinate transformation per CRS for all the dalles given: an array of shape (n, 5, 2).
+    """
+    corners = np.array([d.corners for d in dalles], dtype="float64").reshape(-1, 4, 2)
+    lonlat = np.empty_like(corners)
+    groups: dict[str, list[int]] = {}
+    for index, dalle in enumerate(dalles):
+        groups.setdefault(dalle.crs_wkt, []).append(index)
+    for crs_wkt, indices in groups.items():
+        xy = corners[indices].reshape(-1, 2)
+        lon, lat = to_wgs84(crs_wkt).transform(xy[:, 0], xy[:, 1])
+        lonlat[indices] = np.column_stack([lon, lat]).reshape(-1, 4, 2)
+    rings = np.round(lonlat, DECIMALS)
+    x, y = rings[:, :, 0], rings[:, :, 1]
+    clockwise = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1) < 0
+    rings[clockwise] = rings[clockwise][:, [0, 3, 2, 1]]
+    return np.concatenate([rings, rings[:, :1]], axis=1)
 
 
 def dalle_properties(dalle: Dalle, projet: Projet | None, livrable: Livrable | None) -> dict[str, Any]:
@@ -173,9 +182,21 @@ def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> 
 
 def dalle_features(dalles: Iterable[Dalle], projet: Projet | None, livrable: Livrable | None
                    ) -> Iterator[dict[str, Any]]:
-    """GeoJSON features of dalles, in the order given."""
+    """GeoJSON features of dalles, in the order given, transformed a few thousand at a time."""
+    batch: list[Dalle] = []
     for dalle in dalles:
-        yield {"type": "Feature", "geometry": dalle_geometry(dalle),
+        batch.append(dalle)
+        if len(batch) == 5000:
+            yield from _features(batch, projet, livrable)
+            batch = []
+    yield from _features(batch, projet, livrable)
+
+
+def _features(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None) -> Iterator[dict[str, Any]]:
+    if not dalles:
+        return
+    for dalle, ring in zip(dalles, dalle_rings(dalles), strict=True):
+        yield {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},
                "properties": dalle_properties(dalle, projet, livrable)}
 
 

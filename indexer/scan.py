@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import queue
+import sys
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from rasterio.errors import NotGeoreferencedWarning
 from sqlalchemy import Engine
 
 from indexer import state
@@ -54,6 +59,13 @@ class ScanOptions:
     header_bytes: int = 16384
     full: bool = False
     """Ignore change detection and read every dalle again."""
+    parse_processes: int = 0
+    """Processes parsing headers beside the reads of a storage read with coroutines; 0: one per core
+    for large scans (at least `PARSE_PROCESSES_FROM` dalles), none for small ones."""
+
+
+PARSE_PROCESSES_FROM = 500
+"""Below this many dalles to read, starting parsing processes costs more than it saves."""
 
 
 @dataclass(slots=True)
@@ -149,12 +161,24 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
     results: list[Dalle | DalleProblem | None] = [None] * len(entries)
     done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
     pending = iter(enumerate(entries))
+    processes = options.parse_processes or ((os.cpu_count() or 1) if len(entries) >= PARSE_PROCESSES_FROM else 1)
+    offline = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_quiet) if processes > 1 else None
 
     def parse(index: int, entry: FileEntry, prefix: bytes) -> None:
         results[index] = parse_dalle(storage, entry, prefix, listing.sidecars_of(entry))
 
-    async def worker(parsing: ThreadPoolExecutor) -> None:
+    async def parse_anywhere(parsing: ThreadPoolExecutor, index: int, entry: FileEntry, prefix: bytes) -> None:
         running = asyncio.get_running_loop()
+        if offline is not None:
+            result = await running.run_in_executor(offline, parse_offline, entry, prefix,
+                                                   listing.sidecars_of(entry))
+            if result is not None:
+                results[index] = _shared_crs(result)
+                return
+        await running.run_in_executor(parsing, parse, index, entry, prefix)
+
+    async def worker(parsing: ThreadPoolExecutor) -> None:
         for index, entry in pending:
             if raster_mime(entry.path) is None:
                 raise ValueError(f"{entry.path} is not a raster candidate")
@@ -167,7 +191,7 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
                     results[index] = DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime,
                                                   entry.etag)
                 else:
-                    await running.run_in_executor(parsing, parse, index, entry, prefix)
+                    await parse_anywhere(parsing, index, entry, prefix)
             done.put(index)
 
     async def run_all() -> None:
@@ -188,10 +212,48 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
             if result is not None:
                 yield result
 
-    for _ in wrap(progress(), len(entries)):
-        pass
-    future.result()
+    try:
+        for _ in wrap(progress(), len(entries)):
+            pass
+        future.result()
+    finally:
+        if offline is not None:
+            offline.shutdown(cancel_futures=True)
     return [r for r in results if r is not None]
+
+
+class _NeedsStorage(Exception):
+    """Raised by `_Offline` when parsing needs more than the first bytes."""
+
+
+class _Offline(Storage):
+    """No storage at all: a parsing process has the first bytes only."""
+
+    url = ""
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Parsing needs more bytes: the reading process will parse this dalle itself."""
+        raise _NeedsStorage(path)
+
+
+def _quiet() -> None:
+    """A parsing process reports dalles without georeferencing as data, not as warnings."""
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+def parse_offline(entry: FileEntry, prefix: bytes, sidecars: list[FileEntry]) -> Dalle | DalleProblem | None:
+    """`parse_dalle` in a parsing process; None when the dalle needs more than its first bytes."""
+    try:
+        return parse_dalle(_Offline(), entry, prefix, sidecars)
+    except _NeedsStorage:
+        return None
+
+
+def _shared_crs(result: Dalle | DalleProblem) -> Dalle | DalleProblem:
+    """A record from a parsing process, its CRS string shared with the other dalles of that CRS."""
+    if isinstance(result, Dalle):
+        return replace(result, crs_wkt=sys.intern(result.crs_wkt))
+    return result
 
 
 def place_proprietary(storage: Storage, listing: Listing, results: list[Dalle | DalleProblem]
