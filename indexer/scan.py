@@ -162,6 +162,8 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
     done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
     pending = iter(enumerate(entries))
     processes = options.parse_processes or ((os.cpu_count() or 1) if len(entries) >= PARSE_PROCESSES_FROM else 1)
+    if multiprocessing.current_process().daemon:
+        processes = 1  # a daemonic process (a Celery prefork child) may not start processes
     offline = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_quiet) if processes > 1 else None
 
