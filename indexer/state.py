@@ -7,6 +7,7 @@ good result of a storage that cannot be reached.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -336,10 +337,10 @@ def finish_scan(engine: Engine, storage: int, scan: int, dalles: list[Dalle], pr
     with engine.begin() as conn:
         crs_ids = _crs_ids(conn, (d.crs_wkt for d in dalles))
         conn.execute(delete(records).where(records.c.storage_id == storage))
-        results: list[Dalle | DalleProblem] = [*dalles, *problems]
-        rows = [{"storage_id": storage, **_record_row(r, crs_ids), "scan_id": scan} for r in results]
-        for start in range(0, len(rows), 5000):
-            conn.execute(insert(records), rows[start:start + 5000])
+        results: Iterator[Dalle | DalleProblem] = itertools.chain(dalles, problems)
+        while batch := [{"storage_id": storage, **_record_row(r, crs_ids), "scan_id": scan}
+                        for r in itertools.islice(results, 5000)]:
+            conn.execute(insert(records), batch)
         conn.execute(update(scans).where(scans.c.id == scan).values(
             status="succeeded", step="done", finished_at=now(), heartbeat_at=now(), **counts))
         conn.execute(update(storages).where(storages.c.id == storage).values(
