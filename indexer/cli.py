@@ -12,6 +12,7 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
@@ -119,10 +120,10 @@ def run_index(settings: Settings, source: str, out: Path, projet_location: str |
     if projet_location:
         projet = load_projet(projet_location, settings.timeout_s)
         livrable = select_livrable(projet, livrable_name, source)
-    storage = open_storage(source, options=AccessOptions.from_settings(settings))
+    concurrency = concurrency or settings.concurrency
+    storage = open_storage(source, options=replace(AccessOptions.from_settings(settings), connections=concurrency))
     engine = create_store(db_url or settings.database_url())
-    options = ScanOptions(concurrency=concurrency or settings.concurrency, header_bytes=settings.header_bytes,
-                          full=full)
+    options = ScanOptions(concurrency=concurrency, header_bytes=settings.header_bytes, full=full)
     with storage:
         result = scan_storage(storage, engine, options, _progress(progress))
     emprise = compute_emprise(result.dalles)

@@ -55,7 +55,7 @@ def _no_progress(items: Iterator[T], _total: int) -> Iterator[T]:
 class ScanOptions:
     """How a scan reads its storage."""
 
-    concurrency: int = 16
+    concurrency: int = 32
     header_bytes: int = 16384
     full: bool = False
     """Ignore change detection and read every dalle again."""
@@ -66,6 +66,8 @@ class ScanOptions:
 
 PARSE_PROCESSES_FROM = 500
 """Below this many dalles to read, starting parsing processes costs more than it saves."""
+PARSE_BATCH = 32
+"""Most dalles handed to a parser at once."""
 
 
 @dataclass(slots=True)
@@ -152,11 +154,13 @@ def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], optio
 def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, listing: Listing,
                           entries: list[FileEntry], options: ScanOptions,
                           wrap: Wrap[Dalle | DalleProblem]) -> list[Dalle | DalleProblem]:
-    """Reads in flight on the storage's event loop, headers parsed on a thread beside it.
+    """Reads in flight on the storage's event loop, headers parsed in batches beside it.
 
-    No thread waits on the network: `options.concurrency` coroutines each fetch a dalle's first
-    bytes and hand them to a parsing thread (which may read more through the storage's usual,
-    thread-safe methods), so the network costs no Python thread switch per request.
+    No thread waits on the network: `options.concurrency` coroutines fetch dalles' first bytes and
+    queue them; dispatchers hand them by batches to parsing processes (one per core, for large
+    scans) or to a parsing thread. A dalle whose parsing needs more than its first bytes (a long
+    header, sidecar files) is parsed again on the thread, which reads through the storage's usual
+    thread-safe methods.
     """
     results: list[Dalle | DalleProblem | None] = [None] * len(entries)
     done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
@@ -166,39 +170,68 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
         processes = 1  # a daemonic process (a Celery prefork child) may not start processes
     offline = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
                                   initializer=_quiet) if processes > 1 else None
+    Fetched = tuple[int, FileEntry, bytes]
 
-    def parse(index: int, entry: FileEntry, prefix: bytes) -> None:
-        results[index] = parse_dalle(storage, entry, prefix, listing.sidecars_of(entry))
+    def parse_here(batch: list[Fetched]) -> None:
+        for index, entry, prefix in batch:
+            results[index] = parse_dalle(storage, entry, prefix, listing.sidecars_of(entry))
 
-    async def parse_anywhere(parsing: ThreadPoolExecutor, index: int, entry: FileEntry, prefix: bytes) -> None:
-        running = asyncio.get_running_loop()
-        if offline is not None:
-            result = await running.run_in_executor(offline, parse_offline, entry, prefix,
-                                                   listing.sidecars_of(entry))
-            if result is not None:
-                results[index] = _shared_crs(result)
-                return
-        await running.run_in_executor(parsing, parse, index, entry, prefix)
-
-    async def worker(parsing: ThreadPoolExecutor) -> None:
+    async def fetch(fetched: asyncio.Queue[Fetched | None]) -> None:
         for index, entry in pending:
             if raster_mime(entry.path) is None:
                 raise ValueError(f"{entry.path} is not a raster candidate")
             if entry.size == 0:
                 results[index] = DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
+                done.put(index)
+                continue
+            try:
+                prefix, entry = await storage.aread_start(entry, options.header_bytes)
+            except ReadError as exc:
+                results[index] = DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime,
+                                              entry.etag)
+                done.put(index)
             else:
-                try:
-                    prefix, entry = await storage.aread_start(entry, options.header_bytes)
-                except ReadError as exc:
-                    results[index] = DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime,
-                                                  entry.etag)
-                else:
-                    await parse_anywhere(parsing, index, entry, prefix)
-            done.put(index)
+                await fetched.put((index, entry, prefix))
+
+    async def dispatch(fetched: asyncio.Queue[Fetched | None], parsing: ThreadPoolExecutor) -> None:
+        running = asyncio.get_running_loop()
+        last = False
+        while not last:
+            item = await fetched.get()
+            batch: list[Fetched] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) == PARSE_BATCH or fetched.empty():
+                    break
+                item = fetched.get_nowait()
+            last = item is None
+            if not batch:
+                continue
+            again = batch
+            if offline is not None:
+                parsed = await running.run_in_executor(
+                    offline, parse_offline, [(e, p, listing.sidecars_of(e)) for _, e, p in batch])
+                again = []
+                for fetched_item, result in zip(batch, parsed, strict=True):
+                    if result is None:
+                        again.append(fetched_item)
+                    else:
+                        results[fetched_item[0]] = _shared_crs(result)
+            if again:
+                await running.run_in_executor(parsing, parse_here, again)
+            for index, _, _ in batch:
+                done.put(index)
 
     async def run_all() -> None:
+        fetched: asyncio.Queue[Fetched | None] = asyncio.Queue(maxsize=4 * PARSE_BATCH * processes)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse") as parsing:
-            await asyncio.gather(*(worker(parsing) for _ in range(min(options.concurrency, len(entries)))))
+            dispatchers = [asyncio.ensure_future(dispatch(fetched, parsing)) for _ in range(processes)]
+            try:
+                await asyncio.gather(*(fetch(fetched) for _ in range(min(options.concurrency, len(entries)))))
+            finally:
+                for _ in dispatchers:
+                    await fetched.put(None)
+                await asyncio.gather(*dispatchers)
 
     future = asyncio.run_coroutine_threadsafe(run_all(), loop)
     future.add_done_callback(lambda f: done.put(f.exception() or StopIteration()))
@@ -243,12 +276,17 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
 
 
-def parse_offline(entry: FileEntry, prefix: bytes, sidecars: list[FileEntry]) -> Dalle | DalleProblem | None:
-    """`parse_dalle` in a parsing process; None when the dalle needs more than its first bytes."""
-    try:
-        return parse_dalle(_Offline(), entry, prefix, sidecars)
-    except _NeedsStorage:
-        return None
+def parse_offline(batch: list[tuple[FileEntry, bytes, list[FileEntry]]]) -> list[Dalle | DalleProblem | None]:
+    """`parse_dalle` in a parsing process, for each (entry, first bytes, sidecars) of a batch;
+    None for a dalle that needs more than its first bytes."""
+    storage = _Offline()
+    results: list[Dalle | DalleProblem | None] = []
+    for entry, prefix, sidecars in batch:
+        try:
+            results.append(parse_dalle(storage, entry, prefix, sidecars))
+        except _NeedsStorage:
+            results.append(None)
+    return results
 
 
 def _shared_crs(result: Dalle | DalleProblem) -> Dalle | DalleProblem:

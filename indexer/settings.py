@@ -24,7 +24,8 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="Where the state store lives.")
     db_url: str | None = Field(default=None, description="SQLAlchemy URL; default a SQLite file in data_dir.")
-    concurrency: int = Field(default=16, ge=1, le=256, description="Header reads in flight at once.")
+    concurrency: int = Field(
+        default=32, ge=1, le=256, description="Header reads in flight at once, and connections to one HTTP server.")
     header_bytes: int = Field(
         default=16384, ge=4096, description="Bytes fetched from the start of each dalle in one request."
     )

@@ -198,6 +198,8 @@ class AccessOptions:
     max_depth: int = 32
     max_entries: int = 2_000_000
     ftp_max_connections: int = 2
+    connections: int = 32
+    """Connections to one HTTP server at once (the scan's concurrency)."""
     tls_ca_file: Path | None = None
     sftp_key_file: Path | None = None
     s3_endpoint_url: str | None = None
@@ -213,6 +215,7 @@ class AccessOptions:
             max_depth=settings.max_depth,
             max_entries=settings.max_entries,
             ftp_max_connections=settings.ftp_max_connections,
+            connections=settings.concurrency,
             tls_ca_file=settings.tls_ca_file,
             sftp_key_file=settings.sftp_key_file,
             s3_endpoint_url=settings.s3_endpoint_url,
@@ -484,8 +487,10 @@ class HTTPListingStorage(Storage):
         max_entries: int = 2_000_000,
         addresses: AddressPolicy | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        connections: int = 32,
     ) -> None:
         self.root_url = url if url.endswith("/") else url + "/"
+        self.connections = connections
         self.url = mask_url(self.root_url)
         self.policy = policy
         self.max_depth = max_depth
@@ -501,7 +506,7 @@ class HTTPListingStorage(Storage):
 
     async def _client(self, **kwargs: Any) -> aiohttp.ClientSession:
         kwargs.pop("loop", None)
-        connector = _GuardedConnector(self.addresses, limit_per_host=16, ssl=self._ssl or True)
+        connector = _GuardedConnector(self.addresses, limit_per_host=self.connections, ssl=self._ssl or True)
         return aiohttp.ClientSession(connector=connector, **kwargs)
 
     async def _session(self) -> aiohttp.ClientSession:
@@ -688,7 +693,8 @@ def open_storage(source: str, policy: RetryPolicy | None = None, user_agent: str
         raise InvalidSource(f"{mask_url(source)}: no {'bucket' if scheme == 's3' else 'host'} in the URL")
     if scheme in ("http", "https"):
         return HTTPListingStorage(source, options.retry, options.user_agent, options.max_depth, options.max_entries,
-                                  options.addresses, options.ssl_context() if scheme == "https" else None)
+                                  options.addresses, options.ssl_context() if scheme == "https" else None,
+                                  options.connections)
     if scheme in ("ftp", "ftps"):
         from indexer.ftp import FTPStorage
 
