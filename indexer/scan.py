@@ -64,7 +64,7 @@ class ScanOptions:
     for large scans (at least `PARSE_PROCESSES_FROM` dalles), none for small ones."""
 
 
-PARSE_PROCESSES_FROM = 500
+PARSE_PROCESSES_FROM = 4000
 """Below this many dalles to read, starting parsing processes costs more than it saves."""
 PARSE_BATCH = 32
 """Most dalles handed to a parser at once."""
