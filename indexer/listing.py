@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 from html.parser import HTMLParser
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
@@ -132,17 +133,25 @@ _DIR_MARK = re.compile(r"<dir>", re.IGNORECASE)
 
 def _parse_date(text: str) -> tuple[str | None, str]:
     """The first date in `text` (ISO 8601) and the text after it; (None, text) when there is none."""
-    for pattern, formats in _DATE_PATTERNS:
+    for kind, (pattern, _) in enumerate(_DATE_PATTERNS):
         match = pattern.search(text)
         if not match:
             continue
-        stamp = re.sub(r"\s+", " ", match.group(0))
-        for fmt in formats:
-            try:
-                return datetime.strptime(stamp, fmt).isoformat(), text[match.end():]
-            except ValueError:
-                continue
+        iso = _iso_date(kind, re.sub(r"\s+", " ", match.group(0)))
+        if iso is not None:
+            return iso, text[match.end():]
     return None, text
+
+
+@lru_cache(maxsize=4096)
+def _iso_date(kind: int, stamp: str) -> str | None:
+    """A listing's date in ISO 8601, by the formats of its pattern; the files of a folder share a few."""
+    for fmt in _DATE_PATTERNS[kind][1]:
+        try:
+            return datetime.strptime(stamp, fmt).isoformat()
+        except ValueError:
+            continue
+    return None
 
 
 def _parse_details(text: str) -> tuple[str | None, int | None]:
