@@ -30,3 +30,7 @@ class ForbiddenAddress(StorageUnreachable):
 
 class ListingLimitReached(StorageUnreachable):
     """The crawl went past the depth or entry cap: the listing is stopped rather than left to run."""
+
+
+class ReadError(Exception):
+    """A file could not be read after retries; the message names the cause. Per file: never fatal."""

@@ -35,14 +35,13 @@ from urllib.parse import unquote, urlsplit
 from fsspec.implementations.ftp import FTPFileSystem
 
 from indexer.addresses import AddressPolicy
-from indexer.errors import ForbiddenAddress
+from indexer.errors import ForbiddenAddress, ReadError
 from indexer.models import FileEntry
 from indexer.storage import (
     AccessOptions,
     Child,
     Crawl,
     Failure,
-    ReadError,
     RetryPolicy,
     Storage,
     crawl_in_threads,

@@ -10,20 +10,25 @@ import logging
 import math
 import re
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Protocol
 
 import rasterio
 from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.enums import ColorInterp
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 
+from indexer.errors import ReadError
 from indexer.models import Dalle, DalleProblem, FileEntry, Point
-from indexer.storage import ReadError, Storage
+
+if TYPE_CHECKING:
+    from indexer.storage import Storage
 from indexer.structure import (
     ByteView,
     Finding,
@@ -90,6 +95,14 @@ def sidecar_stem(path: str) -> str | None:
     if ext == ".aux.xml":  # a.tif.aux.xml describes a.tif
         stem = stem.rsplit(".", 1)[0] if suffix(stem) else stem
     return stem
+
+
+class RangeReader(Protocol):
+    """What parsing a header may read beyond its first bytes: any `indexer.storage.Storage`."""
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a file."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +219,7 @@ def parse_aux_xml(text: str) -> Georef:
     return Georef(transform, CRS.from_user_input(srs).to_wkt() if srs else None)
 
 
-def read_georef(storage: Storage, sidecars: list[FileEntry]) -> Georef | None:
+def read_georef(storage: RangeReader, sidecars: list[FileEntry]) -> Georef | None:
     """Georeferencing from the sidecar files the listing showed for a dalle, if any is usable."""
     transform = None
     crs_wkt = None
@@ -248,7 +261,7 @@ def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | N
     return parse_dalle(storage, entry, prefix, sidecars)
 
 
-def parse_dalle(storage: Storage, entry: FileEntry, prefix: bytes, sidecars: list[FileEntry] | None = None
+def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars: list[FileEntry] | None = None
                 ) -> Dalle | DalleProblem:
     """The record of a dalle from the first bytes `Storage.read_start` gave, with the entry it completed.
 
@@ -352,3 +365,36 @@ def _gdal_message(exc: Exception) -> str:
     text = str(exc).replace("\n", " ")
     text = re.sub(r"/vsimem/[^\s:']*", "file", text)
     return text[:200]
+
+
+class _NeedsStorage(Exception):
+    """Raised by `_FirstBytesOnly` when parsing needs more than the first bytes."""
+
+
+class _FirstBytesOnly:
+    """No storage at all: a parsing process has the first bytes of each dalle only."""
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """Parsing needs more bytes: the reading process will parse this dalle itself."""
+        raise _NeedsStorage(path)
+
+
+def quiet_parser() -> None:
+    """Set up a parsing process: dalles without georeferencing are reported as data, not warnings."""
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
+
+
+def parse_offline(batch: list[tuple[FileEntry, bytes, list[FileEntry]]]) -> list[Dalle | DalleProblem | None]:
+    """`parse_dalle` in a parsing process, for each (entry, first bytes, sidecars) of a batch;
+    None for a dalle that needs more than its first bytes (a long header, sidecar files).
+
+    It lives here, not beside the scan, so that a parsing process imports GDAL and PROJ only.
+    """
+    reader = _FirstBytesOnly()
+    results: list[Dalle | DalleProblem | None] = []
+    for entry, prefix, sidecars in batch:
+        try:
+            results.append(parse_dalle(reader, entry, prefix, sidecars))
+        except _NeedsStorage:
+            results.append(None)
+    return results

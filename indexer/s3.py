@@ -26,12 +26,11 @@ from fsspec.asyn import FSTimeoutError, sync
 from s3fs import S3FileSystem
 
 from indexer.addresses import AddressPolicy
-from indexer.errors import ForbiddenAddress, InvalidSource, ListingLimitReached, StorageUnreachable
+from indexer.errors import ForbiddenAddress, InvalidSource, ListingLimitReached, ReadError, StorageUnreachable
 from indexer.models import FileEntry
 from indexer.storage import (
     AccessOptions,
     Failure,
-    ReadError,
     RetryPolicy,
     Storage,
     listing_failure,

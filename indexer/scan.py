@@ -13,24 +13,24 @@ import os
 import queue
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from rasterio.errors import NotGeoreferencedWarning
 from sqlalchemy import Engine
 
 from indexer import state
-from indexer.errors import StorageUnreachable
+from indexer.errors import ReadError, StorageUnreachable
 from indexer.headers import (
     PROPRIETARY_FORMATS,
     WORLD_FILE_SUFFIXES,
     corners,
     identify_epsg,
     parse_dalle,
+    parse_offline,
+    quiet_parser,
     raster_mime,
     read_dalle,
     read_georef,
@@ -39,7 +39,7 @@ from indexer.headers import (
     suffix,
 )
 from indexer.models import Dalle, DalleProblem, FileEntry, ScanResult
-from indexer.storage import ReadError, Storage
+from indexer.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
     if multiprocessing.current_process().daemon:
         processes = 1  # a daemonic process (a Celery prefork child) may not start processes
     offline = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_quiet) if processes > 1 else None
+                                  initializer=quiet_parser) if processes > 1 else None
     Fetched = tuple[int, FileEntry, bytes]
 
     def parse_here(batch: list[Fetched]) -> None:
@@ -255,38 +255,6 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
         if offline is not None:
             offline.shutdown(cancel_futures=True)
     return [r for r in results if r is not None]
-
-
-class _NeedsStorage(Exception):
-    """Raised by `_Offline` when parsing needs more than the first bytes."""
-
-
-class _Offline(Storage):
-    """No storage at all: a parsing process has the first bytes only."""
-
-    url = ""
-
-    def read_range(self, path: str, start: int, end: int) -> bytes:
-        """Parsing needs more bytes: the reading process will parse this dalle itself."""
-        raise _NeedsStorage(path)
-
-
-def _quiet() -> None:
-    """A parsing process reports dalles without georeferencing as data, not as warnings."""
-    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-
-
-def parse_offline(batch: list[tuple[FileEntry, bytes, list[FileEntry]]]) -> list[Dalle | DalleProblem | None]:
-    """`parse_dalle` in a parsing process, for each (entry, first bytes, sidecars) of a batch;
-    None for a dalle that needs more than its first bytes."""
-    storage = _Offline()
-    results: list[Dalle | DalleProblem | None] = []
-    for entry, prefix, sidecars in batch:
-        try:
-            results.append(parse_dalle(storage, entry, prefix, sidecars))
-        except _NeedsStorage:
-            results.append(None)
-    return results
 
 
 def _shared_crs(result: Dalle | DalleProblem) -> Dalle | DalleProblem:

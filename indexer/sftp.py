@@ -24,14 +24,13 @@ from sshfs import SSHFileSystem
 from sshfs.utils import wrap_exceptions
 
 from indexer.addresses import AddressPolicy
-from indexer.errors import ForbiddenAddress
+from indexer.errors import ForbiddenAddress, ReadError
 from indexer.models import FileEntry
 from indexer.storage import (
     AccessOptions,
     Child,
     Crawl,
     Failure,
-    ReadError,
     RetryPolicy,
     Storage,
     crawl_in_threads,

@@ -36,7 +36,14 @@ from fsspec.implementations.http import HTTPFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from indexer.addresses import AddressPolicy
-from indexer.errors import ForbiddenAddress, IndexerError, InvalidSource, ListingLimitReached, StorageUnreachable
+from indexer.errors import (
+    ForbiddenAddress,
+    IndexerError,
+    InvalidSource,
+    ListingLimitReached,
+    ReadError,
+    StorageUnreachable,
+)
 from indexer.listing import parse_listing
 from indexer.models import FileEntry
 
@@ -51,10 +58,6 @@ MAX_RETRY_AFTER_S = 30.0
 """The longest wait a server's ``Retry-After`` may impose between two attempts."""
 
 _SECRET_PARAMS = re.compile(r"pass|pwd|secret|token|key|signature|sig$|credential|auth", re.IGNORECASE)
-
-
-class ReadError(Exception):
-    """A file could not be read after retries; the message names the cause."""
 
 
 def mask_url(url: str) -> str:
