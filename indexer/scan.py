@@ -66,7 +66,7 @@ class ScanOptions:
 
 PARSE_PROCESSES_FROM = 4000
 """Below this many dalles to read, starting parsing processes costs more than it saves."""
-PARSE_BATCH = 32
+PARSE_BATCH = 64
 """Most dalles handed to a parser at once."""
 
 
