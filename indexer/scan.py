@@ -14,7 +14,7 @@ import queue
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -335,8 +335,3 @@ def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
     log.info("scan done", extra={"storage": storage.url, "dalles": len(result.dalles),
                                  "skipped": len(result.problems), "reused": result.reused})
     return result
-
-
-def last_result(engine: Engine, storage_url: str) -> Iterable[Dalle | DalleProblem]:
-    """The records of a storage's last successful scan."""
-    return state.load_records(engine, state.storage_id(engine, storage_url))

@@ -127,7 +127,8 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
 
 
 def read_tiff_header(view: ByteView) -> TiffHeader | Finding:
-    """Parse a TIFF's first image directory and check its integrity (see `check_tiff`)."""
+    """Parse a TIFF's first image directory and check the first image: it has pixels, and its blocks
+    were written and end within the file."""
     parsed = _tiff_ifd(view)
     if isinstance(parsed, Finding):
         return parsed
@@ -148,12 +149,6 @@ def without_geokeys(data: bytes, header: TiffHeader) -> bytes:
     patched = bytearray(data)
     struct.pack_into(order + "H", patched, header.geokey_entry, GEO_KEY_DIRECTORY - 1)
     return bytes(patched)
-
-
-def check_tiff(view: ByteView) -> Finding | None:
-    """Check the first image of a TIFF: size, and that its blocks exist and end within the file."""
-    parsed = read_tiff_header(view)
-    return parsed if isinstance(parsed, Finding) else None
 
 
 def _check_blocks(tags: dict[int, tuple[int, ...]], file_size: int) -> Finding | None:
@@ -190,12 +185,6 @@ class Jp2Header:
 
     geojp2: bytes | None
     """The GeoJP2 box's degenerate GeoTIFF, when the box lies in the prefix."""
-
-
-def check_jp2(view: ByteView) -> Finding | None:
-    """Check a JPEG 2000 file: every box up to the codestream ends within the file."""
-    parsed = read_jp2_header(view)
-    return parsed if isinstance(parsed, Finding) else None
 
 
 def read_jp2_header(view: ByteView) -> Jp2Header | Finding:
