@@ -249,16 +249,31 @@ def _problem(entry: FileEntry, finding: Finding, size: int | None) -> DalleProbl
 def read_dalle(storage: Storage, entry: FileEntry, sidecars: list[FileEntry] | None = None,
                header_bytes: int = 16384) -> Dalle | DalleProblem:
     """Read one dalle's header from its storage. Never raises for a bad file."""
-    mime = raster_mime(entry.path)
-    if mime is None:
-        raise ValueError(f"{entry.path} is not a raster candidate")
-    if entry.size == 0:
-        return DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
+    skipped = skip_unread(entry)
+    if skipped is not None:
+        return skipped
     try:
         prefix, entry = storage.read_start(entry, header_bytes)
     except ReadError as exc:
-        return DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime, entry.etag)
+        return unreadable(entry, exc)
     return parse_dalle(storage, entry, prefix, sidecars)
+
+
+def skip_unread(entry: FileEntry) -> DalleProblem | None:
+    """The problem of a listed dalle known without reading it (a 0-byte file), else None.
+
+    Raises ValueError for a file that is not a raster candidate: callers pass candidates only.
+    """
+    if raster_mime(entry.path) is None:
+        raise ValueError(f"{entry.path} is not a raster candidate")
+    if entry.size == 0:
+        return DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
+    return None
+
+
+def unreadable(entry: FileEntry, exc: ReadError) -> DalleProblem:
+    """The problem of a dalle whose first read failed after retries."""
+    return DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime, entry.etag)
 
 
 def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars: list[FileEntry] | None = None

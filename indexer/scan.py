@@ -36,7 +36,9 @@ from indexer.headers import (
     read_georef,
     resolution_cm,
     sidecar_stem,
+    skip_unread,
     suffix,
+    unreadable,
 )
 from indexer.models import Dalle, DalleProblem, FileEntry, ScanResult
 from indexer.storage import Storage
@@ -178,17 +180,15 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
 
     async def fetch(fetched: asyncio.Queue[Fetched | None]) -> None:
         for index, entry in pending:
-            if raster_mime(entry.path) is None:
-                raise ValueError(f"{entry.path} is not a raster candidate")
-            if entry.size == 0:
-                results[index] = DalleProblem(entry.path, "empty", "0-byte file", 0, entry.mtime, entry.etag)
+            skipped = skip_unread(entry)
+            if skipped is not None:
+                results[index] = skipped
                 done.put(index)
                 continue
             try:
                 prefix, entry = await storage.aread_start(entry, options.header_bytes)
             except ReadError as exc:
-                results[index] = DalleProblem(entry.path, "unreadable", str(exc), entry.size, entry.mtime,
-                                              entry.etag)
+                results[index] = unreadable(entry, exc)
                 done.put(index)
             else:
                 await fetched.put((index, entry, prefix))
