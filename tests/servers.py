@@ -200,7 +200,25 @@ class _Process:
                 self.process.wait()
 
 
-class Apache(_Process):
+class _HTTPProcess(_Process):
+    """An HTTP server process serving `root`, its requests logged to `log` in the ``counted`` form."""
+
+    def __init__(self, root: Path, workdir: Path, log_name: str = "access.log") -> None:
+        super().__init__(workdir)
+        self.root = root
+        self.log = workdir / log_name
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self) -> list[Request]:
+        """Every request logged so far."""
+        return _access_log(self.log)
+
+
+class Apache(_HTTPProcess):
     """Apache httpd with mod_autoindex serving `root` three ways, one access-log line per request.
 
     ``/fancy/`` is FancyIndexing (a ``<pre>`` with sort links), ``/table/`` FancyIndexing with
@@ -208,16 +226,6 @@ class Apache(_Process):
     """
 
     stop_signal = signal.SIGWINCH  # graceful stop
-
-    def __init__(self, root: Path, workdir: Path) -> None:
-        super().__init__(workdir)
-        self.root = root
-        self.log = workdir / "access.log"
-
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Apache:
         """Write the config and start httpd in the foreground."""
@@ -264,26 +272,12 @@ DocumentRoot "{self.root}"
         self._spawn([binary, "-f", str(conf), "-DFOREGROUND"])
         return self
 
-    def requests(self) -> list[Request]:
-        """Every request logged so far."""
-        return _access_log(self.log)
 
-
-class Lighttpd(_Process):
+class Lighttpd(_HTTPProcess):
     """lighttpd with mod_dirlisting serving `root`, one access-log line per request.
 
     lighttpd buffers a log file, so it logs through a pipe to ``cat``, which writes each line.
     """
-
-    def __init__(self, root: Path, workdir: Path) -> None:
-        super().__init__(workdir)
-        self.root = root
-        self.log = workdir / "access.log"
-
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Lighttpd:
         """Write the config and start lighttpd in the foreground."""
@@ -323,17 +317,11 @@ _HTTP_SERVER_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class PythonHTTP(_Process):
-    """Python's ``http.server`` serving `root`: a bare list of links, no sizes, no ranges."""
+class PythonHTTP(_HTTPProcess):
+    """Python's ``http.server`` serving `root`: a bare list of links, no sizes, no ranges.
 
-    def __init__(self, root: Path, workdir: Path) -> None:
-        super().__init__(workdir)
-        self.root = root
-
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://127.0.0.1:{self.port}"
+    It logs to its stderr, not to `log`.
+    """
 
     def start(self) -> PythonHTTP:
         """Start ``python -m http.server``."""
@@ -351,14 +339,12 @@ class PythonHTTP(_Process):
         return out
 
 
-class FaultyHTTP(_Process):
+class FaultyHTTP(_HTTPProcess):
     """An HTTP server failing on purpose (see `tests/fault_server.py`), each request logged."""
 
     def __init__(self, root: Path, workdir: Path, *, fail_first: int = 0, stall: str | None = None,
                  redirect: str | None = None, silent: bool = False) -> None:
-        super().__init__(workdir)
-        self.root = root
-        self.log = workdir / "requests.log"
+        super().__init__(root, workdir, "requests.log")
         self.options = ["--fail-first", str(fail_first)]
         if stall is not None:
             self.options += ["--stall", stall]
@@ -367,21 +353,12 @@ class FaultyHTTP(_Process):
         if silent:
             self.options.append("--silent")
 
-    @property
-    def url(self) -> str:
-        """Base URL of the server."""
-        return f"http://127.0.0.1:{self.port}"
-
     def start(self) -> FaultyHTTP:
         """Start the server script."""
         script = Path(__file__).with_name("fault_server.py")
         self._spawn([sys.executable, str(script), str(self.root), str(self.port), "--log", str(self.log),
                      *self.options])
         return self
-
-    def requests(self) -> list[Request]:
-        """Every request received so far, with the status it got."""
-        return _access_log(self.log)
 
 
 @dataclass(frozen=True, slots=True)
