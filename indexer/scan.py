@@ -30,6 +30,7 @@ from indexer.headers import (
     identify_epsg,
     parse_dalle,
     parse_offline,
+    parsing_thread,
     quiet_parser,
     raster_mime,
     read_dalle,
@@ -147,7 +148,8 @@ def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], optio
         return []
     if storage.loop is not None:
         return _read_with_coroutines(storage, storage.loop, listing, entries, options, wrap)
-    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="read") as pool:
+    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="read",
+                            initializer=parsing_thread) as pool:
         results = pool.map(
             lambda e: read_dalle(storage, e, listing.sidecars_of(e), options.header_bytes), entries)
         return list(wrap(iter(results), len(entries)))
@@ -224,7 +226,7 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
 
     async def run_all() -> None:
         fetched: asyncio.Queue[Fetched | None] = asyncio.Queue(maxsize=4 * PARSE_BATCH * processes)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse") as parsing:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse", initializer=parsing_thread) as parsing:
             dispatchers = [asyncio.ensure_future(dispatch(fetched, parsing)) for _ in range(processes)]
             try:
                 await asyncio.gather(*(fetch(fetched) for _ in range(min(options.concurrency, len(entries)))))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import operator
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from indexer.models import Reason
 
@@ -51,6 +51,9 @@ _WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 25
 _WANTED = {_WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS}
 GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 _GEO_TAGS = (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
+MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
+_MODEL_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)
+_DOUBLE = 12
 _RASTER_TYPE_KEY, _PIXEL_IS_POINT = 1025, 2
 
 
@@ -64,6 +67,8 @@ class TiffHeader:
     geokey_entry: int | None
     """Offset of the GeoKeyDirectory entry in the file, when it lies in the prefix."""
     pixel_is_point: bool
+    model: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    """The georeferencing tags: ModelPixelScale, ModelTiepoint, ModelTransformation (doubles)."""
 
 
 def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
@@ -91,6 +96,7 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
         return Finding("corrupt", "the image directory is cut short")
     tags: dict[int, tuple[int, ...]] = {}
     geo: dict[int, bytes] = {}
+    model: dict[int, tuple[float, ...]] = {}
     geokey_entry = None
     inline = 8 if big else 4
     first_entry = ifd + len(raw_count)
@@ -98,7 +104,8 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
         entry = entries[i * entry_size:(i + 1) * entry_size]
         tag, typ = struct.unpack(order + "HH", entry[:4])
         wanted = tag in _WANTED and typ in _TIFF_INT_FORMATS
-        if not wanted and tag not in _GEO_TAGS:
+        is_model = tag in _MODEL_TAGS and typ == _DOUBLE
+        if not wanted and not is_model and tag not in _GEO_TAGS:
             continue
         (n,) = struct.unpack(order + ("Q" if big else "I"), entry[4:12 if big else 8])
         nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
@@ -112,6 +119,8 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
             raw = view.get(offset, nbytes)
         if wanted:
             tags[tag] = struct.unpack(f"{order}{n}{_TIFF_INT_FORMATS[typ]}", raw)
+        elif is_model:
+            model[tag] = struct.unpack(f"{order}{n}d", raw)
         else:
             geo[tag] = raw
             if tag == GEO_KEY_DIRECTORY and first_entry + (i + 1) * entry_size <= len(view.data):
@@ -123,7 +132,7 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
         if shorts[k] == _RASTER_TYPE_KEY and shorts[k + 1] == 0:
             pixel_is_point = shorts[k + 3] == _PIXEL_IS_POINT
     geokeys = order.encode() + b"|".join(geo.get(t, b"") for t in _GEO_TAGS) if directory else None
-    return TiffHeader(tags, geokeys, geokey_entry, pixel_is_point)
+    return TiffHeader(tags, geokeys, geokey_entry, pixel_is_point, model)
 
 
 def read_tiff_header(view: ByteView) -> TiffHeader | Finding:

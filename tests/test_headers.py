@@ -266,3 +266,51 @@ def test_geojp2_box_read_apart_gives_what_gdal_reads(make_dalle) -> None:
         assert isinstance(dalle, Dalle)
         assert (dalle.epsg, dalle.corners[0], dalle.resolution_cm, dalle.compression) == (3946, expected, 20.0,
                                                                                            "LOSSY")
+
+
+def test_geojp2_seen_before_is_placed_without_gdal_reading_its_box(make_dalle, monkeypatch) -> None:
+    from indexer import headers
+    from indexer.structure import ByteView, Jp2Header, TiffHeader, read_jp2_header, read_tiff_header
+
+    monkeypatch.setattr(headers, "_CRS_BY_GEOKEYS", {})
+    path = make_dalle("geo.jp2", (1700000.25, 5200200.75), crs="EPSG:3946", driver="JP2OpenJPEG", pixels=300,
+                      resolution_m=0.15)
+    data = path.read_bytes()
+    header = read_jp2_header(ByteView(data[:65536], len(data), lambda s, e: data[s:e]))
+    assert isinstance(header, Jp2Header) and header.geojp2 is not None
+    box = read_tiff_header(ByteView(header.geojp2, len(header.geojp2), lambda s, e: b""))
+    assert isinstance(box, TiffHeader)
+    with rasterio.open(path) as src:
+        assert headers.model_transform(box) == src.transform
+        expected = headers.Georef(src.transform, src.crs.to_wkt())
+    assert headers._geojp2_georef(header) == expected  # GDAL reads the box, the CRS is remembered
+    opened: list[str] = []
+    real_open = headers.MemoryFile.open
+    monkeypatch.setattr(headers.MemoryFile, "open", lambda self, **kw: opened.append(kw["driver"]) or real_open(
+        self, **kw))
+    assert headers._geojp2_georef(header) == expected
+    assert opened == []
+    dalle = read(path)
+    assert opened == ["JP2OpenJPEG"]
+    assert isinstance(dalle, Dalle) and dalle.corners[0] == (1700000.25, 5200200.75) and dalle.epsg == 3946
+
+
+def test_only_a_plain_tiepoint_and_scale_is_derived_without_gdal(tmp_path: Path) -> None:
+    from indexer.headers import model_transform
+    from indexer.structure import ByteView, TiffHeader, read_tiff_header
+
+    def header(transform: Affine, **tags: str) -> TiffHeader:
+        path = tmp_path / "t.tif"
+        with rasterio.open(path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs="EPSG:2154",
+                           transform=transform) as dst:
+            dst.update_tags(**tags)
+            dst.write(np.zeros((1, 4, 4), "uint8"))
+        data = path.read_bytes()
+        parsed = read_tiff_header(ByteView(data, len(data), lambda s, e: data[s:e]))
+        assert isinstance(parsed, TiffHeader)
+        return parsed
+
+    assert model_transform(header(from_origin(700000.5, 6600200.25, 0.05, 0.05))) == from_origin(
+        700000.5, 6600200.25, 0.05, 0.05)
+    assert model_transform(header(Affine(0.05, 0.01, 700000, 0.01, -0.05, 6600200))) is None  # rotated
+    assert model_transform(header(from_origin(700000, 6600200, 1, 1), AREA_OR_POINT="Point")) is None
