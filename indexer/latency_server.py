@@ -11,6 +11,9 @@ paths are neither delayed nor counted. A listing page is rendered once per folde
 folder's modification time) and the cache is emptied by a reset, so serving the same 1,000-entry
 page again costs about what it costs nginx, not a Python rendering.
 
+It speaks HTTP/1.1 over a plain `asyncio.Protocol`, not a web framework: it shares the
+benchmark's two cores, and a tenth of a millisecond per request is already more than nginx costs.
+
 Run it as its own process (``python -m indexer.latency_server ROOT``): `rasterio` holds the GIL
 while GDAL waits on a socket, so a server thread inside the reading process would stall. The
 `LatencyServer` class starts and stops that process.
@@ -42,8 +45,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote
-
-from aiohttp import web
 
 STATS_PATH = "/_bench/stats"
 RESET_PATH = "/_bench/reset"
@@ -129,8 +130,29 @@ def _listing_line(name: str, mtime: float, size: str) -> str:
             f"{date} {size:>19}\r\n")
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One response: status, headers (Content-Length added when sent), body, and what it counts as."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes = b""
+    kind: str = "other"
+    """``listing``, ``file`` or ``other``."""
+    length: int | None = None
+    """Content-Length when it is not the body's (a HEAD)."""
+
+
+def _not_found() -> Answer:
+    return Answer(404, {"Content-Type": "text/html"}, b"not found\n")
+
+
 class FileServer:
-    """The aiohttp handlers: files and listings under `root`, each answer delayed by `latency`."""
+    """What the server answers: files and listings under `root`, and the counters.
+
+    The HTTP/1.1 protocol is a plain `asyncio.Protocol` (`_Connection`), not a web framework: this
+    server shares the benchmark's cores, and should cost them about what nginx would.
+    """
 
     def __init__(self, root: Path, latency: float) -> None:
         self.root = root.resolve()
@@ -138,74 +160,54 @@ class FileServer:
         self.counters = Counters()
         self._pages: dict[str, tuple[int, bytes]] = {}
 
-    def app(self) -> web.Application:
-        """The web application."""
-        app = web.Application()
-        app.router.add_get(STATS_PATH, self.stats)
-        app.router.add_post(RESET_PATH, self.reset)
-        app.router.add_route("*", "/{tail:.*}", self.serve)
-        return app
+    def control(self, method: str, path: str) -> Answer | None:
+        """The answer to a benchmark control request (neither delayed nor counted), else None."""
+        if path == STATS_PATH and method == "GET":
+            return Answer(200, {"Content-Type": "application/json"}, json.dumps(self.counters.as_dict()).encode())
+        if path == RESET_PATH and method == "POST":
+            self.counters = Counters()
+            self._pages.clear()
+            return Answer(200, {"Content-Type": "application/json"}, b'{"reset": true}')
+        return None
 
-    async def stats(self, _request: web.Request) -> web.Response:
-        """The counters, as JSON."""
-        return web.json_response(self.counters.as_dict())
-
-    async def reset(self, _request: web.Request) -> web.Response:
-        """Set the counters to zero."""
-        self.counters = Counters()
-        self._pages.clear()
-        return web.json_response({"reset": True})
-
-    def _respond(self, status: int, headers: dict[str, str], body: bytes, head: bool, kind: str
-                 ) -> web.Response:
-        length = headers.pop("Content-Length", str(len(body)))
-        headers = {"Server": SERVER_NAME, "Date": http_date(time.time()), **headers}
-        sent_body = b"" if head else body
-        header_bytes = len(f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n") + 2 + sum(
-            len(k) + len(v) + 4 for k, v in headers.items()) + len("Content-Length: \r\n") + len(length)
-        c = self.counters
-        c.bytes_sent += header_bytes + len(sent_body)
-        if kind == "listing":
-            c.listing_requests += 1
-            c.listing_bytes += header_bytes + len(sent_body)
-        elif kind == "file":
-            c.raster_requests += 1
-            c.raster_bytes += header_bytes + len(sent_body)
-        if status == 404:
-            c.not_found += 1
-        response = web.Response(status=status, headers=headers, body=None if head else body)
-        if head:
-            # aiohttp would otherwise answer Content-Length: 0 to a HEAD without a body.
-            response.headers["Content-Length"] = length
-        return response
-
-    async def serve(self, request: web.Request) -> web.StreamResponse:
-        """A listing page, a file or a part of it, after the latency."""
-        await asyncio.sleep(self.latency)
+    def answer(self, method: str, raw_path: str, range_header: str) -> Answer:
+        """A listing page, a file or a part of it, counted."""
         self.counters.requests += 1
-        head = request.method == "HEAD"
+        head = method == "HEAD"
         if head:
             self.counters.head_requests += 1
-        if request.method not in ("GET", "HEAD"):
-            return self._respond(405, {"Content-Type": "text/plain"}, b"not allowed\n", head, "other")
-        url_path = unquote(request.rel_url.raw_path)
+        if method not in ("GET", "HEAD"):
+            return Answer(405, {"Content-Type": "text/plain"}, b"not allowed\n")
+        url_path = unquote(raw_path.split("?", 1)[0])
         relative = posixpath.normpath(url_path.lstrip("/"))
         if relative == ".." or relative.startswith(("../", "/")):
-            return self._respond(404, {"Content-Type": "text/html"}, b"not found\n", head, "other")
+            return _not_found()
         target = self.root / relative
         try:
             st = os.stat(target)  # one system call per request: the server shares the benchmark's cores
         except OSError:
-            return self._respond(404, {"Content-Type": "text/html"}, b"not found\n", head, "other")
+            return _not_found()
         if stat.S_ISDIR(st.st_mode):
             if not url_path.endswith("/"):
-                return self._respond(301, {"Location": request.rel_url.raw_path + "/",
-                                           "Content-Type": "text/html"}, b"", head, "listing")
-            return self._respond(200, {"Content-Type": "text/html; charset=utf-8"}, self._page(url_path, target),
-                                 head, "listing")
+                return Answer(301, {"Location": raw_path + "/", "Content-Type": "text/html"}, kind="listing")
+            return Answer(200, {"Content-Type": "text/html; charset=utf-8"}, self._page(url_path, target),
+                          kind="listing")
         if not stat.S_ISREG(st.st_mode):
-            return self._respond(404, {"Content-Type": "text/html"}, b"not found\n", head, "other")
-        return self._file(request, target, st, head)
+            return _not_found()
+        return self._file(target, st, head, range_header)
+
+    def count_sent(self, answer: Answer, sent: int) -> None:
+        """Count a response of `sent` bytes, headers included."""
+        c = self.counters
+        c.bytes_sent += sent
+        if answer.kind == "listing":
+            c.listing_requests += 1
+            c.listing_bytes += sent
+        elif answer.kind == "file":
+            c.raster_requests += 1
+            c.raster_bytes += sent
+        if answer.status == 404:
+            c.not_found += 1
 
     def _page(self, url_path: str, folder: Path) -> bytes:
         """A listing page, rendered once per folder version: nginx's cost, not Python's, per request."""
@@ -216,20 +218,17 @@ class FileServer:
             self._pages[url_path] = cached
         return cached[1]
 
-    def _file(self, request: web.Request, target: Path, st: os.stat_result, head: bool) -> web.Response:
+    def _file(self, target: Path, st: os.stat_result, head: bool, range_header: str) -> Answer:
         size = st.st_size
         headers = {"Content-Type": "image/jp2" if target.suffix.lower() == ".jp2" else "image/tiff",
                    "Last-Modified": http_date(st.st_mtime), "ETag": f'"{int(st.st_mtime):x}-{size:x}"',
                    "Accept-Ranges": "bytes"}
-        spec = request.headers.get("Range", "")
-        match = _RANGE.match(spec.replace(" ", ""))
+        match = _RANGE.match(range_header.replace(" ", ""))
         if head or not match:
-            if not head:
-                self.counters.full_gets += 1
-            body = b"" if head else target.read_bytes()
             if head:
-                headers["Content-Length"] = str(size)
-            return self._respond(200, headers, body, head, "file")
+                return Answer(200, headers, kind="file", length=size)
+            self.counters.full_gets += 1
+            return Answer(200, headers, target.read_bytes(), kind="file")
         first, last = match.groups()
         if first == "":
             start, end = max(size - int(last or 0), 0), size - 1
@@ -237,7 +236,7 @@ class FileServer:
             start, end = int(first), min(int(last), size - 1) if last else size - 1
         if start >= size or end < start:
             headers["Content-Range"] = f"bytes */{size}"
-            return self._respond(416, headers, b"", head, "file")
+            return Answer(416, headers, kind="file")
         self.counters.range_requests += 1
         fd = os.open(target, os.O_RDONLY)
         try:
@@ -245,28 +244,94 @@ class FileServer:
         finally:
             os.close(fd)
         headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-        return self._respond(206, headers, body, head, "file")
+        return Answer(206, headers, body, kind="file")
+
+
+_MAX_HEAD = 65536
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: requests parsed as they come, each answered after the
+    latency, in order."""
+
+    def __init__(self, server: FileServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buffer) > _MAX_HEAD and self.transport is not None:
+                    self.transport.close()
+                return
+            lines = self.buffer[:end].decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body_length = int(headers.get("content-length", "0") or 0)
+            if len(self.buffer) < end + 4 + body_length:
+                return
+            self.buffer = self.buffer[end + 4 + body_length:]
+            method, _, rest = lines[0].partition(" ")
+            path, _, version = rest.rpartition(" ")
+            keep_alive = (headers.get("connection", "").lower() != "close"
+                          and (version == "HTTP/1.1" or headers.get("connection", "").lower() == "keep-alive"))
+            control = self.server.control(method, path)
+            if control is not None:
+                self._send(control, method == "HEAD", keep_alive, counted=False)
+            else:
+                self.loop.call_later(self.server.latency, self._answer, method, path, headers.get("range", ""),
+                                     keep_alive)
+
+    def _answer(self, method: str, path: str, range_header: str, keep_alive: bool) -> None:
+        if self.transport is None:
+            return
+        self._send(self.server.answer(method, path, range_header), method == "HEAD", keep_alive, counted=True)
+
+    def _send(self, answer: Answer, head: bool, keep_alive: bool, counted: bool) -> None:
+        if self.transport is None:
+            return
+        length = answer.length if answer.length is not None else len(answer.body)
+        head_lines = [f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, '')}", f"Server: {SERVER_NAME}",
+                      f"Date: {http_date(time.time())}", f"Content-Length: {length}",
+                      *(f"{k}: {v}" for k, v in answer.headers.items()),
+                      "Connection: keep-alive" if keep_alive else "Connection: close"]
+        message = ("\r\n".join(head_lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else answer.body)
+        if counted:
+            self.server.count_sent(answer, len(message))
+        self.transport.write(message)
+        if not keep_alive:
+            self.transport.close()
 
 
 async def _serve_forever(root: Path, latency: float, port: int) -> None:
     server = FileServer(root, latency)
-    runner = web.AppRunner(server.app(), access_log=None, handle_signals=False)
-    await runner.setup()
+    loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
-    site = web.SockSite(runner, sock, backlog=4096)
-    await site.start()
+    listener = await loop.create_server(lambda: _Connection(server), sock=sock, backlog=4096)
     sys.stdout.write(f"PORT {sock.getsockname()[1]}\n")
     sys.stdout.flush()
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        listener.close()
 
 
 def main(argv: list[str] | None = None) -> None:
