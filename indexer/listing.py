@@ -31,7 +31,7 @@ class Link:
     @property
     def name(self) -> str:
         """The entry's decoded name (percent-encoding undone, UTF-8 or else Latin-1)."""
-        return decode_segment(urlsplit(self.url).path.rstrip("/").rsplit("/", 1)[-1])
+        return decode_segment(self.url.rstrip("/").rsplit("/", 1)[-1])  # no query nor fragment: see parse_listing
 
 
 def decode_segment(segment: str) -> str:
@@ -129,6 +129,8 @@ _DATE_PATTERNS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
 )
 _SIZE = re.compile(r"^\s*(-|\d+(?:\.\d+)?)\s*([KMGTP]i?B?|[kmgtp]|B|bytes)?\s*(?:$|\s)")
 _DIR_MARK = re.compile(r"<dir>", re.IGNORECASE)
+_PLAIN_HREF = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*/?")
+"""A relative link to a child named with characters URLs never escape (not ``.``, ``..``)."""
 
 
 def _parse_date(text: str) -> tuple[str | None, str]:
@@ -183,16 +185,21 @@ def parse_listing(html: str, page_url: str) -> list[Link]:
     links: dict[str, Link] = {}
     for anchor in parser.anchors:
         href = anchor.href
-        if not href or href.startswith(("#", "?", "mailto:", "javascript:")):
-            continue
-        target = urlsplit(urljoin(page_url, href))
-        if target.scheme != base.scheme or target.netloc != base.netloc:
-            continue
-        target_path = _normal_path(target.path)
-        if target.query or not target_path.startswith(base_path):
-            continue
-        relative = target_path[len(base_path):]
-        name = decode_segment(relative.rstrip("/"))
+        if _PLAIN_HREF.fullmatch(href):  # a child's plain name, as most servers write it: no URL parsing
+            target_path = base_path + href
+            relative = href
+            name = href.rstrip("/")
+        else:
+            if not href or href.startswith(("#", "?", "mailto:", "javascript:")):
+                continue
+            target = urlsplit(urljoin(page_url, href))
+            if target.scheme != base.scheme or target.netloc != base.netloc:
+                continue
+            target_path = _normal_path(target.path)
+            if target.query or not target_path.startswith(base_path):
+                continue
+            relative = target_path[len(base_path):]
+            name = decode_segment(relative.rstrip("/"))
         if not name or "/" in relative.rstrip("/") or "/" in name or name in (".", ".."):
             # Only direct children: deeper links are reached through their own folder.
             continue

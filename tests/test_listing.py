@@ -171,3 +171,11 @@ def test_an_icon_link_before_the_name_link_keeps_the_details() -> None:
 def test_an_iis_folder_without_a_trailing_slash_is_a_folder() -> None:
     html = '<pre> 1/2/2024  9:05 AM        &lt;dir&gt; <A HREF="/livrable/lot">lot</A><br></pre>'
     assert parse_listing(html, PAGE) == [Link(f"{PAGE}lot/", True, None, "2024-01-02T09:05:00")]
+
+
+@pytest.mark.parametrize("href", ["a_1.tif", "./a_1.tif", "/livrable/a_1.tif", "http://h.example/livrable/a_1.tif",
+                                  "../livrable/a_1.tif"])
+def test_every_spelling_of_a_child_link_gives_the_same_entry(href: str) -> None:
+    html = f'<pre><a href="../">../</a>\n<a href="{href}">a_1.tif</a>  02-Jan-2024 10:00  812\n<a href=".">.</a>\n</pre>'
+    assert parse_listing(html, PAGE) == [Link(f"{PAGE}a_1.tif", False, 812, "2024-01-02T10:00:00")]
+    assert parse_listing(html, PAGE)[0].name == "a_1.tif"
