@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import rasterio
 from affine import Affine
@@ -45,6 +45,7 @@ from indexer.structure import (
 )
 
 log = logging.getLogger(__name__)
+V = TypeVar("V")
 
 OPEN_FORMATS = {".tif": "image/tiff", ".tiff": "image/tiff", ".geotif": "image/tiff",
                 ".geotiff": "image/tiff", ".jp2": "image/jp2"}
@@ -145,9 +146,61 @@ def _is_georeferenced(transform: Affine) -> bool:
     return not transform.is_identity
 
 
+@dataclass(frozen=True, slots=True)
+class RasterInfo:
+    """How GDAL describes a raster, its georeferencing aside."""
+
+    width: int
+    height: int
+    bands: tuple[str, ...]
+    """Each band as ``Colour(Type)``, as `gdalinfo` names them."""
+    compression: str | None
+
+
+def raster_info(src: DatasetReader, mime: str) -> RasterInfo:
+    """What an open dataset says of its size, bands and compression."""
+    if mime == "image/jp2":
+        reversibility = src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION_REVERSIBILITY", "")
+        compression: str | None = "LOSSLESS" if reversibility.startswith("LOSSLESS") else "LOSSY"
+    else:
+        compression = src.compression.name.upper() if src.compression else "NONE"
+    bands = tuple(f"{_COLOUR_NAMES.get(ci, ci.name.capitalize())}({_TYPE_NAMES.get(dt, dt)})"
+                  for ci, dt in zip(src.colorinterp, src.dtypes, strict=True))
+    return RasterInfo(src.width, src.height, bands, compression)
+
+
+def describe(entry: FileEntry, size: int, mime: str, info: RasterInfo, transform: Affine, crs_wkt: str | None
+             ) -> Dalle | DalleProblem:
+    """The record of a raster described by `info` and placed by `transform` in `crs_wkt`, or why it
+    cannot be indexed."""
+    if info.width == 0 or info.height == 0 or not info.bands:
+        return DalleProblem(entry.path, "empty", f"the raster has no pixels ({info.height}x{info.width})",
+                            size, entry.mtime, entry.etag)
+    if not _is_georeferenced(transform) or not crs_wkt:
+        missing = "geotransform" if not _is_georeferenced(transform) else "CRS"
+        return DalleProblem(entry.path, "not_georeferenced",
+                            f"no {missing} in the header nor in a sidecar file", size, entry.mtime, entry.etag)
+    crs_wkt = sys.intern(crs_wkt)  # one string per CRS, not one per dalle
+    return Dalle(
+        path=entry.path,
+        size=size,
+        mime=mime,
+        width=info.width,
+        height=info.height,
+        bands=info.bands,
+        compression=info.compression,
+        epsg=identify_epsg(crs_wkt),
+        crs_wkt=crs_wkt,
+        corners=corners(transform, info.width, info.height),
+        resolution_cm=resolution_cm(transform),
+        open=True,
+        mtime=entry.mtime,
+        etag=entry.etag,
+    )
+
+
 def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReader,
-                       georef: Georef | None = None, crs_wkt: str | None = None,
-                       georef_replaces_header: bool = False) -> Dalle | DalleProblem:
+                       georef: Georef | None = None, crs_wkt: str | None = None) -> Dalle | DalleProblem:
     """The record of a dataset opened from `entry`, or why it cannot be indexed.
 
     Args:
@@ -157,50 +210,16 @@ def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReade
         src: the open dataset (header only, no pixel is read).
         georef: georeferencing from sidecar files, used where the header has none.
         crs_wkt: the header's CRS when it was read from identical GeoKeys already (`src` then has none).
-        georef_replaces_header: `georef` is the header's own georeferencing (a GeoJP2 box read
-            apart), `src` being opened without any.
     """
-    if src.width == 0 or src.height == 0 or src.count == 0:
-        return DalleProblem(entry.path, "empty", f"the raster has no pixels ({src.height}x{src.width})",
-                            size, entry.mtime, entry.etag)
-    if georef_replaces_header and georef is not None:
-        transform, crs_wkt = georef.transform or Affine.identity(), georef.crs_wkt
-        georef = None
-    else:
-        transform = src.transform
-        crs_wkt = crs_wkt or (src.crs.to_wkt() if src.crs else None)
-    if crs_wkt is not None:
-        crs_wkt = sys.intern(crs_wkt)  # one string per CRS, not one per dalle
+    info = raster_info(src, mime)
+    if info.width == 0 or info.height == 0 or not info.bands:
+        return describe(entry, size, mime, info, Affine.identity(), None)
+    transform = src.transform
+    crs_wkt = crs_wkt or (src.crs.to_wkt() if src.crs else None)
     if georef is not None:
         transform = transform if _is_georeferenced(transform) else georef.transform or transform
         crs_wkt = crs_wkt or georef.crs_wkt
-    if not _is_georeferenced(transform) or not crs_wkt:
-        missing = "geotransform" if not _is_georeferenced(transform) else "CRS"
-        return DalleProblem(entry.path, "not_georeferenced",
-                            f"no {missing} in the header nor in a sidecar file", size, entry.mtime, entry.etag)
-    if mime == "image/jp2":
-        reversibility = src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION_REVERSIBILITY", "")
-        compression: str | None = "LOSSLESS" if reversibility.startswith("LOSSLESS") else "LOSSY"
-    else:
-        compression = src.compression.name.upper() if src.compression else "NONE"
-    bands = tuple(f"{_COLOUR_NAMES.get(ci, ci.name.capitalize())}({_TYPE_NAMES.get(dt, dt)})"
-                  for ci, dt in zip(src.colorinterp, src.dtypes, strict=True))
-    return Dalle(
-        path=entry.path,
-        size=size,
-        mime=mime,
-        width=src.width,
-        height=src.height,
-        bands=bands,
-        compression=compression,
-        epsg=identify_epsg(crs_wkt),
-        crs_wkt=crs_wkt,
-        corners=corners(transform, src.width, src.height),
-        resolution_cm=resolution_cm(transform),
-        open=True,
-        mtime=entry.mtime,
-        etag=entry.etag,
-    )
+    return describe(entry, size, mime, info, transform, crs_wkt)
 
 
 def parse_world_file(text: str) -> Affine:
@@ -309,6 +328,10 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
     tiff = parsed if isinstance(parsed, TiffHeader) else None
     known_crs = _known_crs(tiff)
     geojp2 = _geojp2_georef(parsed) if isinstance(parsed, Jp2Header) else None
+    structure = parsed.structure if geojp2 is not None and isinstance(parsed, Jp2Header) else None
+    known_info = _INFO_BY_STRUCTURE.get(structure) if structure else None
+    if geojp2 is not None and known_info is not None:
+        return describe(entry, size, mime, known_info, geojp2.transform or Affine.identity(), geojp2.crs_wkt)
     open_options = {"GEOREF_SOURCES": "NONE"} if geojp2 else {}
     data = view.data
     for attempt in range(2):
@@ -317,9 +340,12 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
             with _gdal_env(), MemoryFile(opened, filename=entry.name) as mem, \
                     mem.open(driver=_DRIVERS[mime], **open_options) as src:
                 if geojp2 is not None:
-                    return dalle_from_dataset(entry, size, mime, src, geojp2, georef_replaces_header=True)
+                    info = raster_info(src, mime)
+                    if structure:
+                        _remember(_INFO_BY_STRUCTURE, structure, info)
+                    return describe(entry, size, mime, info, geojp2.transform or Affine.identity(), geojp2.crs_wkt)
                 if known_crs is None and tiff is not None and tiff.geokeys is not None and src.crs:
-                    _remember_crs(tiff.geokeys, src.crs.to_wkt())
+                    _remember(_CRS_BY_GEOKEYS, tiff.geokeys, src.crs.to_wkt())
                 georef = None
                 if (not _is_georeferenced(src.transform) or (src.crs is None and not known_crs)) and sidecars:
                     georef = read_georef(storage, sidecars)
@@ -339,6 +365,9 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
 
 _CRS_BY_GEOKEYS: dict[bytes, str] = {}
 """CRS already built by GDAL, by the raw GeoKeys it came from (a livrable has one or two)."""
+_INFO_BY_STRUCTURE: dict[bytes, RasterInfo] = {}
+"""JPEG 2000 descriptions already read by GDAL, by `Jp2Header.structure`: the dalles of a
+livrable share their header boxes and coding parameters, and only their GeoJP2 box differs."""
 
 
 def _known_crs(tiff: TiffHeader | None) -> str | None:
@@ -372,7 +401,7 @@ def _geojp2_georef(header: Jp2Header) -> Georef | None:
             if not _is_georeferenced(src.transform) or crs_wkt is None:
                 return None
             if known is None and isinstance(tiff, TiffHeader) and tiff.geokeys is not None:
-                _remember_crs(tiff.geokeys, crs_wkt)
+                _remember(_CRS_BY_GEOKEYS, tiff.geokeys, crs_wkt)
             return Georef(src.transform, crs_wkt)
     except RasterioError:
         return None
@@ -390,10 +419,10 @@ def model_transform(tiff: TiffHeader) -> Affine | None:
     return Affine(scale[0], 0.0, x - i * scale[0], 0.0, -scale[1], y + j * scale[1])
 
 
-def _remember_crs(geokeys: bytes, crs_wkt: str) -> None:
-    if len(_CRS_BY_GEOKEYS) >= 1024:
-        _CRS_BY_GEOKEYS.clear()
-    _CRS_BY_GEOKEYS[geokeys] = crs_wkt
+def _remember(cache: dict[bytes, V], key: bytes, value: V) -> None:
+    if len(cache) >= 1024:
+        cache.clear()
+    cache[key] = value
 
 
 def _gdal_message(exc: Exception) -> str:

@@ -194,6 +194,15 @@ class Jp2Header:
 
     geojp2: bytes | None
     """The GeoJP2 box's degenerate GeoTIFF, when the box lies in the prefix."""
+    structure: bytes | None = None
+    """The header boxes and the codestream's main header, without what places the image (GeoJP2
+    and GMLJP2 boxes) or indexes its tiles (TLM and PLM markers): what GDAL reads to describe the
+    raster. Equal bytes, equal description. None when they do not all lie in the prefix."""
+
+
+_PLACING_BOXES = frozenset({b"asoc"})
+"""Boxes left out of `Jp2Header.structure`, besides the GeoJP2 box: GMLJP2 lives in ``asoc``."""
+_SOT, _TLM, _PLM = 0xFF90, 0xFF55, 0xFF57
 
 
 def read_jp2_header(view: ByteView) -> Jp2Header | Finding:
@@ -204,6 +213,7 @@ def read_jp2_header(view: ByteView) -> Jp2Header | Finding:
     if head != _JP2_SIGNATURE:
         return Finding("corrupt", "not a JPEG 2000 file: bad signature")
     geojp2 = None
+    parts: list[bytes] | None = []
     pos = 0
     while pos < view.size:
         header = view.get(pos, 16)
@@ -224,12 +234,34 @@ def read_jp2_header(view: ByteView) -> Jp2Header | Finding:
                 f"the file has {view.size} bytes",
             )
         if box == b"jp2c":
-            return _check_codestream(view, pos + start, pos + length) or Jp2Header(geojp2)
-        if box == b"uuid" and geojp2 is None and pos + length <= len(view.data) \
-                and view.data[pos + start:pos + start + 16] == GEOJP2_UUID:
-            geojp2 = view.data[pos + start + 16:pos + length]
+            main = _main_header(view.data, pos + start) if parts is not None else None
+            structure = b"".join([*parts, main]) if parts is not None and main is not None else None
+            return _check_codestream(view, pos + start, pos + length) or Jp2Header(geojp2, structure)
+        in_prefix = pos + length <= len(view.data)
+        content = view.data[pos + start:pos + length] if in_prefix else b""
+        if box == b"uuid" and geojp2 is None and content[:16] == GEOJP2_UUID:
+            geojp2 = content[16:]
+        elif box not in _PLACING_BOXES and parts is not None:
+            parts = [*parts, box, content] if in_prefix else None
         pos += length
     return Finding("corrupt", "no codestream box in the JPEG 2000 file")
+
+
+def _main_header(data: bytes, start: int) -> bytes | None:
+    """The codestream's main header markers, from SOC to the first tile part, without TLM and PLM;
+    None when it does not end within `data`."""
+    parts = [data[start:start + 2]]
+    pos = start + 2
+    while pos + 4 <= len(data):
+        marker, length = struct.unpack(">HH", data[pos:pos + 4])
+        if marker == _SOT:
+            return b"".join(parts)
+        if marker >> 8 != 0xFF or length < 2:
+            return None
+        if marker not in (_TLM, _PLM):
+            parts.append(data[pos:pos + 2 + length])
+        pos += 2 + length
+    return None
 
 
 def _check_codestream(view: ByteView, start: int, end: int) -> Finding | None:

@@ -268,31 +268,36 @@ def test_geojp2_box_read_apart_gives_what_gdal_reads(make_dalle) -> None:
                                                                                            "LOSSY")
 
 
-def test_geojp2_seen_before_is_placed_without_gdal_reading_its_box(make_dalle, monkeypatch) -> None:
+def test_jpeg2000_like_one_seen_before_is_read_without_gdal(make_dalle, monkeypatch) -> None:
     from indexer import headers
-    from indexer.structure import ByteView, Jp2Header, TiffHeader, read_jp2_header, read_tiff_header
 
     monkeypatch.setattr(headers, "_CRS_BY_GEOKEYS", {})
-    path = make_dalle("geo.jp2", (1700000.25, 5200200.75), crs="EPSG:3946", driver="JP2OpenJPEG", pixels=300,
-                      resolution_m=0.15)
-    data = path.read_bytes()
-    header = read_jp2_header(ByteView(data[:65536], len(data), lambda s, e: data[s:e]))
-    assert isinstance(header, Jp2Header) and header.geojp2 is not None
-    box = read_tiff_header(ByteView(header.geojp2, len(header.geojp2), lambda s, e: b""))
-    assert isinstance(box, TiffHeader)
-    with rasterio.open(path) as src:
-        assert headers.model_transform(box) == src.transform
-        expected = headers.Georef(src.transform, src.crs.to_wkt())
-    assert headers._geojp2_georef(header) == expected  # GDAL reads the box, the CRS is remembered
+    monkeypatch.setattr(headers, "_INFO_BY_STRUCTURE", {})
+    first = make_dalle("a.jp2", (1700000.0, 5200200.0), crs="EPSG:3946", driver="JP2OpenJPEG", pixels=300,
+                       resolution_m=0.15)
+    second = make_dalle("b.jp2", (1700045.25, 5200200.75), crs="EPSG:3946", driver="JP2OpenJPEG", pixels=300,
+                        resolution_m=0.15)
+    lossless = make_dalle("c.jp2", (1700090.0, 5200200.0), crs="EPSG:3946", driver="JP2OpenJPEG", pixels=300,
+                          resolution_m=0.15, reversible=True)
     opened: list[str] = []
     real_open = headers.MemoryFile.open
     monkeypatch.setattr(headers.MemoryFile, "open", lambda self, **kw: opened.append(kw["driver"]) or real_open(
         self, **kw))
-    assert headers._geojp2_georef(header) == expected
-    assert opened == []
-    dalle = read(path)
-    assert opened == ["JP2OpenJPEG"]
-    assert isinstance(dalle, Dalle) and dalle.corners[0] == (1700000.25, 5200200.75) and dalle.epsg == 3946
+
+    assert isinstance(read(first), Dalle)
+    assert opened == ["GTiff", "JP2OpenJPEG"]  # the GeoJP2 box's CRS, then the raster's description
+    fast = read(second)
+    assert opened == ["GTiff", "JP2OpenJPEG"]  # same header boxes and coding: no GDAL at all
+    other = read(lossless)
+    assert opened == ["GTiff", "JP2OpenJPEG", "JP2OpenJPEG"]  # other coding parameters: GDAL describes it
+
+    monkeypatch.setattr(headers, "_CRS_BY_GEOKEYS", {})
+    monkeypatch.setattr(headers, "_INFO_BY_STRUCTURE", {})
+    assert fast == read(second)  # exactly what GDAL gives
+    assert isinstance(fast, Dalle) and isinstance(other, Dalle)
+    assert (fast.corners[0], fast.epsg, fast.width, fast.compression) == ((1700045.25, 5200200.75), 3946, 300,
+                                                                           "LOSSY")
+    assert other.compression == "LOSSLESS"
 
 
 def test_only_a_plain_tiepoint_and_scale_is_derived_without_gdal(tmp_path: Path) -> None:
