@@ -142,8 +142,11 @@ def corners(transform: Affine, width: int, height: int) -> tuple[Point, Point, P
     return ul, ur, lr, ll
 
 
+_IDENTITY = tuple(Affine.identity())[:6]
+
+
 def _is_georeferenced(transform: Affine) -> bool:
-    return not transform.is_identity
+    return tuple(transform)[:6] != _IDENTITY  # GDAL's transform of a raster it cannot place
 
 
 @dataclass(frozen=True, slots=True)

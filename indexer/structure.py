@@ -100,16 +100,13 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
     geokey_entry = None
     inline = 8 if big else 4
     first_entry = ifd + len(raw_count)
-    for i in range(count):
-        entry = entries[i * entry_size:(i + 1) * entry_size]
-        tag, typ = struct.unpack(order + "HH", entry[:4])
+    entry_format = order + ("HHQ8s" if big else "HHI4s")
+    for i, (tag, typ, n, value) in enumerate(struct.iter_unpack(entry_format, entries[:count * entry_size])):
         wanted = tag in _WANTED and typ in _TIFF_INT_FORMATS
         is_model = tag in _MODEL_TAGS and typ == _DOUBLE
         if not wanted and not is_model and tag not in _GEO_TAGS:
             continue
-        (n,) = struct.unpack(order + ("Q" if big else "I"), entry[4:12 if big else 8])
         nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
-        value = entry[12:20] if big else entry[8:12]
         if nbytes <= inline:
             raw = value[:nbytes]
         else:
