@@ -331,10 +331,12 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
     tiff = parsed if isinstance(parsed, TiffHeader) else None
     known_crs = _known_crs(tiff)
     geojp2 = _geojp2_georef(parsed) if isinstance(parsed, Jp2Header) else None
-    structure = parsed.structure if geojp2 is not None and isinstance(parsed, Jp2Header) else None
+    # A header shaped like one GDAL described, and placed without GDAL: no GDAL at all.
+    placed = geojp2 or (Georef(model_transform(tiff), known_crs) if tiff is not None and known_crs else None)
+    structure = parsed.structure if placed is not None and placed.transform is not None else None
     known_info = _INFO_BY_STRUCTURE.get(structure) if structure else None
-    if geojp2 is not None and known_info is not None:
-        return describe(entry, size, mime, known_info, geojp2.transform or Affine.identity(), geojp2.crs_wkt)
+    if placed is not None and placed.transform is not None and known_info is not None:
+        return describe(entry, size, mime, known_info, placed.transform, placed.crs_wkt)
     open_options = {"GEOREF_SOURCES": "NONE"} if geojp2 else {}
     data = view.data
     for attempt in range(2):
@@ -349,6 +351,8 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
                     return describe(entry, size, mime, info, geojp2.transform or Affine.identity(), geojp2.crs_wkt)
                 if known_crs is None and tiff is not None and tiff.geokeys is not None and src.crs:
                     _remember(_CRS_BY_GEOKEYS, tiff.geokeys, src.crs.to_wkt())
+                if structure and placed is not None and placed.transform == src.transform:
+                    _remember(_INFO_BY_STRUCTURE, structure, raster_info(src, mime))
                 georef = None
                 if (not _is_georeferenced(src.transform) or (src.crs is None and not known_crs)) and sidecars:
                     georef = read_georef(storage, sidecars)
@@ -369,8 +373,9 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
 _CRS_BY_GEOKEYS: dict[bytes, str] = {}
 """CRS already built by GDAL, by the raw GeoKeys it came from (a livrable has one or two)."""
 _INFO_BY_STRUCTURE: dict[bytes, RasterInfo] = {}
-"""JPEG 2000 descriptions already read by GDAL, by `Jp2Header.structure`: the dalles of a
-livrable share their header boxes and coding parameters, and only their GeoJP2 box differs."""
+"""Descriptions already read by GDAL, by `TiffHeader.structure` or `Jp2Header.structure`: the
+dalles of a livrable share their structure (size, bands, compression, coding parameters) and
+differ only by what places them."""
 
 
 def _known_crs(tiff: TiffHeader | None) -> str | None:

@@ -53,6 +53,8 @@ GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 _GEO_TAGS = (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
 _MODEL_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)
+_PLACING_TAGS = frozenset({*_MODEL_TAGS, *_GEO_TAGS, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS})
+"""Tags left out of `TiffHeader.structure`."""
 _DOUBLE = 12
 _RASTER_TYPE_KEY, _PIXEL_IS_POINT = 1025, 2
 
@@ -69,6 +71,10 @@ class TiffHeader:
     pixel_is_point: bool
     model: dict[int, tuple[float, ...]] = field(default_factory=dict)
     """The georeferencing tags: ModelPixelScale, ModelTiepoint, ModelTransformation (doubles)."""
+    structure: bytes | None = None
+    """The image directory without what places the image (georeferencing tags, GeoKeys) or
+    locates its blocks (offsets and byte counts), out-of-line values included: what GDAL reads
+    to describe the raster. Equal bytes, equal description. None when a value lies past the prefix."""
 
 
 def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
@@ -101,12 +107,21 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
     inline = 8 if big else 4
     first_entry = ifd + len(raw_count)
     entry_format = order + ("HHQ8s" if big else "HHI4s")
+    structure: list[bytes] | None = [head[:4]]
     for i, (tag, typ, n, value) in enumerate(struct.iter_unpack(entry_format, entries[:count * entry_size])):
         wanted = tag in _WANTED and typ in _TIFF_INT_FORMATS
         is_model = tag in _MODEL_TAGS and typ == _DOUBLE
+        nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
+        if structure is not None and tag not in _PLACING_TAGS:
+            if nbytes <= inline:
+                structure.append(entries[i * entry_size:(i + 1) * entry_size])
+            else:  # the entry without its offset, and the value it points to
+                (offset,) = struct.unpack(order + ("Q" if big else "I"), value)
+                structure += [entries[i * entry_size:(i + 1) * entry_size - inline], view.data[offset:offset + nbytes]]
+                if offset + nbytes > len(view.data):
+                    structure = None
         if not wanted and not is_model and tag not in _GEO_TAGS:
             continue
-        nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
         if nbytes <= inline:
             raw = value[:nbytes]
         else:
@@ -129,7 +144,8 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
         if shorts[k] == _RASTER_TYPE_KEY and shorts[k + 1] == 0:
             pixel_is_point = shorts[k + 3] == _PIXEL_IS_POINT
     geokeys = order.encode() + b"|".join(geo.get(t, b"") for t in _GEO_TAGS) if directory else None
-    return TiffHeader(tags, geokeys, geokey_entry, pixel_is_point, model)
+    return TiffHeader(tags, geokeys, geokey_entry, pixel_is_point, model,
+                      b"".join(structure) if structure is not None else None)
 
 
 def read_tiff_header(view: ByteView) -> TiffHeader | Finding:

@@ -300,6 +300,35 @@ def test_jpeg2000_like_one_seen_before_is_read_without_gdal(make_dalle, monkeypa
     assert other.compression == "LOSSLESS"
 
 
+def test_geotiff_like_one_seen_before_is_read_without_gdal(make_dalle, monkeypatch) -> None:
+    from indexer import headers
+
+    monkeypatch.setattr(headers, "_CRS_BY_GEOKEYS", {})
+    monkeypatch.setattr(headers, "_INFO_BY_STRUCTURE", {})
+    paths = [make_dalle(f"{n}.tif", (700000.0 + 20 * n, 6600200.0), pixels=200, resolution_m=0.1, compress="jpeg")
+             for n in range(4)]
+    other = make_dalle("lzw.tif", (700100.0, 6600200.0), pixels=200, resolution_m=0.1, compress="lzw")
+    opened: list[str] = []
+    real_open = headers.MemoryFile.open
+    monkeypatch.setattr(headers.MemoryFile, "open", lambda self, **kw: opened.append(kw["driver"]) or real_open(
+        self, **kw))
+
+    records = [read(path) for path in paths]
+    assert opened == ["GTiff", "GTiff"]  # the first builds the CRS, the second describes the raster
+    assert isinstance(read(other), Dalle) and opened == ["GTiff"] * 3  # another compression: GDAL again
+
+    def read_by_gdal(path: Path) -> Dalle | DalleProblem:
+        monkeypatch.setattr(headers, "_CRS_BY_GEOKEYS", {})
+        monkeypatch.setattr(headers, "_INFO_BY_STRUCTURE", {})
+        return read(path)
+
+    assert records == [read_by_gdal(path) for path in paths]  # exactly what GDAL gives
+    last = records[-1]
+    assert isinstance(last, Dalle)
+    assert (last.corners[0], last.epsg, last.width, last.compression, last.bands) == (
+        (700060.0, 6600200.0), 2154, 200, "JPEG", ("Red(Byte)", "Green(Byte)", "Blue(Byte)"))
+
+
 def test_only_a_plain_tiepoint_and_scale_is_derived_without_gdal(tmp_path: Path) -> None:
     from indexer.headers import model_transform
     from indexer.structure import ByteView, TiffHeader, read_tiff_header
