@@ -377,7 +377,7 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
     options = ScanOptions(concurrency=int(params.get("concurrency") or defaults.concurrency),
                           header_bytes=int(params.get("header_bytes") or defaults.header_bytes),
                           full=bool(params.get("full", False)))
-    cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)  # parsing processes included
+    cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)  # any child process included
     started = time.perf_counter()
     storage = loopback_storage(params["url"], options.concurrency)
     engine = create_store(f"sqlite:///{params['store']}")

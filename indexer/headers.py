@@ -11,7 +11,6 @@ import math
 import re
 import sys
 import threading
-import warnings
 import xml.etree.ElementTree as ET
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from affine import Affine
 from pyproj import CRS
 from pyproj.exceptions import CRSError
 from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.io import DatasetReader, MemoryFile
 
 from indexer.errors import ReadError
@@ -440,18 +439,6 @@ def _gdal_message(exc: Exception) -> str:
     return text[:200]
 
 
-class _NeedsStorage(Exception):
-    """Raised by `_FirstBytesOnly` when parsing needs more than the first bytes."""
-
-
-class _FirstBytesOnly:
-    """No storage at all: a parsing process has the first bytes of each dalle only."""
-
-    def read_range(self, path: str, start: int, end: int) -> bytes:
-        """Parsing needs more bytes: the reading process will parse this dalle itself."""
-        raise _NeedsStorage(path)
-
-
 _thread = threading.local()
 
 
@@ -472,26 +459,3 @@ def parsing_thread() -> None:
     """
     rasterio.Env(**GDAL_ENV).__enter__()
     _thread.configured = True
-
-
-def quiet_parser() -> None:
-    """Set up a parsing process: GDAL configured once, and dalles without georeferencing reported
-    as data, not warnings."""
-    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
-    parsing_thread()
-
-
-def parse_offline(batch: list[tuple[FileEntry, bytes, list[FileEntry]]]) -> list[Dalle | DalleProblem | None]:
-    """`parse_dalle` in a parsing process, for each (entry, first bytes, sidecars) of a batch;
-    None for a dalle that needs more than its first bytes (a long header, sidecar files).
-
-    It lives here, not beside the scan, so that a parsing process imports GDAL and PROJ only.
-    """
-    reader = _FirstBytesOnly()
-    results: list[Dalle | DalleProblem | None] = []
-    for entry, prefix, sidecars in batch:
-        try:
-            results.append(parse_dalle(reader, entry, prefix, sidecars))
-        except _NeedsStorage:
-            results.append(None)
-    return results

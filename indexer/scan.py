@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import os
 import queue
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sqlalchemy import Engine
@@ -29,9 +26,7 @@ from indexer.headers import (
     corners,
     identify_epsg,
     parse_dalle,
-    parse_offline,
     parsing_thread,
-    quiet_parser,
     raster_mime,
     read_dalle,
     read_georef,
@@ -62,15 +57,12 @@ class ScanOptions:
     header_bytes: int = 16384
     full: bool = False
     """Ignore change detection and read every dalle again."""
-    parse_processes: int = 0
-    """Processes parsing headers beside the reads of a storage read with coroutines; 0: one per core
-    for large scans (at least `PARSE_PROCESSES_FROM` dalles), none for small ones."""
 
 
-PARSE_PROCESSES_FROM = 4000
-"""Below this many dalles to read, starting parsing processes costs more than it saves."""
 PARSE_BATCH = 64
-"""Most dalles handed to a parser at once."""
+"""Most dalles handed to the parsing thread at once."""
+PARSE_AHEAD = 256
+"""Most dalles read and waiting for the parsing thread: their first bytes stay in memory."""
 
 
 @dataclass(slots=True)
@@ -161,24 +153,20 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
     """Reads in flight on the storage's event loop, headers parsed in batches beside it.
 
     No thread waits on the network: `options.concurrency` coroutines fetch dalles' first bytes and
-    queue them; dispatchers hand them by batches to parsing processes (one per core, for large
-    scans) or to a parsing thread. A dalle whose parsing needs more than its first bytes (a long
-    header, sidecar files) is parsed again on the thread, which reads through the storage's usual
-    thread-safe methods.
+    queue them (at most `PARSE_AHEAD`); a dispatcher hands them by batches to a parsing thread,
+    which reads more through the storage's usual thread-safe methods when a header needs it (a
+    long header, sidecar files). Parsing is cheap for the dalles of a livrable, which share their
+    structure (see `indexer.headers.parse_dalle`): one thread keeps up with the reads.
     """
     results: list[Dalle | DalleProblem | None] = [None] * len(entries)
     done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
     pending = iter(enumerate(entries))
-    processes = options.parse_processes or ((os.cpu_count() or 1) if len(entries) >= PARSE_PROCESSES_FROM else 1)
-    if multiprocessing.current_process().daemon:
-        processes = 1  # a daemonic process (a Celery prefork child) may not start processes
-    offline = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=quiet_parser) if processes > 1 else None
     Fetched = tuple[int, FileEntry, bytes]
 
-    def parse_here(batch: list[Fetched]) -> None:
+    def parse(batch: list[Fetched]) -> None:
         for index, entry, prefix in batch:
             results[index] = parse_dalle(storage, entry, prefix, listing.sidecars_of(entry))
+            done.put(index)
 
     async def fetch(fetched: asyncio.Queue[Fetched | None]) -> None:
         for index, entry in pending:
@@ -207,33 +195,18 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
                     break
                 item = fetched.get_nowait()
             last = item is None
-            if not batch:
-                continue
-            again = batch
-            if offline is not None:
-                parsed = await running.run_in_executor(
-                    offline, parse_offline, [(e, p, listing.sidecars_of(e)) for _, e, p in batch])
-                again = []
-                for fetched_item, result in zip(batch, parsed, strict=True):
-                    if result is None:
-                        again.append(fetched_item)
-                    else:
-                        results[fetched_item[0]] = _shared_crs(result)
-            if again:
-                await running.run_in_executor(parsing, parse_here, again)
-            for index, _, _ in batch:
-                done.put(index)
+            if batch:
+                await running.run_in_executor(parsing, parse, batch)
 
     async def run_all() -> None:
-        fetched: asyncio.Queue[Fetched | None] = asyncio.Queue(maxsize=4 * PARSE_BATCH * processes)
+        fetched: asyncio.Queue[Fetched | None] = asyncio.Queue(maxsize=PARSE_AHEAD)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse", initializer=parsing_thread) as parsing:
-            dispatchers = [asyncio.ensure_future(dispatch(fetched, parsing)) for _ in range(processes)]
+            dispatcher = asyncio.ensure_future(dispatch(fetched, parsing))
             try:
                 await asyncio.gather(*(fetch(fetched) for _ in range(min(options.concurrency, len(entries)))))
             finally:
-                for _ in dispatchers:
-                    await fetched.put(None)
-                await asyncio.gather(*dispatchers)
+                await fetched.put(None)
+                await dispatcher
 
     future = asyncio.run_coroutine_threadsafe(run_all(), loop)
     future.add_done_callback(lambda f: done.put(f.exception() or StopIteration()))
@@ -249,21 +222,10 @@ def _read_with_coroutines(storage: Storage, loop: asyncio.AbstractEventLoop, lis
             if result is not None:
                 yield result
 
-    try:
-        for _ in wrap(progress(), len(entries)):
-            pass
-        future.result()
-    finally:
-        if offline is not None:
-            offline.shutdown(cancel_futures=True)
+    for _ in wrap(progress(), len(entries)):
+        pass
+    future.result()
     return [r for r in results if r is not None]
-
-
-def _shared_crs(result: Dalle | DalleProblem) -> Dalle | DalleProblem:
-    """A record from a parsing process, its CRS string shared with the other dalles of that CRS."""
-    if isinstance(result, Dalle):
-        return replace(result, crs_wkt=sys.intern(result.crs_wkt))
-    return result
 
 
 def place_proprietary(storage: Storage, listing: Listing, results: list[Dalle | DalleProblem]

@@ -136,20 +136,3 @@ def test_rescan_of_a_listing_without_exact_sizes_costs_one_head_per_dalle(tmp_pa
         if server is not None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
-
-
-def test_parsing_processes_give_the_same_records(sample_livrable: Path, serve, tmp_path: Path) -> None:
-    from indexer.scan import ScanOptions, scan_storage
-    from indexer.state import create_store
-
-    server = serve(sample_livrable)
-    policy = AddressPolicy.of(["127.0.0.1"])
-    results = []
-    for processes in (1, 2):
-        engine = create_store(f"sqlite:///{tmp_path / f'state{processes}.sqlite'}")
-        with HTTPListingStorage(server.url + "/", RetryPolicy(), "test", addresses=policy) as storage:
-            results.append(scan_storage(storage, engine, ScanOptions(parse_processes=processes)))
-    single, parallel = results
-    assert parallel.dalles == single.dalles
-    assert parallel.problems == single.problems
-    assert len(parallel.dalles) == 15
