@@ -307,6 +307,9 @@ def test_geotiff_like_one_seen_before_is_read_without_gdal(make_dalle, monkeypat
     monkeypatch.setattr(headers, "_INFO_BY_STRUCTURE", {})
     paths = [make_dalle(f"{n}.tif", (700000.0 + 20 * n, 6600200.0), pixels=200, resolution_m=0.1, compress="jpeg")
              for n in range(4)]
+    for n, path in enumerate(paths):  # producers date each file: that is no difference to GDAL's description
+        with rasterio.open(path, "r+") as dst:
+            dst.update_tags(TIFFTAG_DATETIME=f"2024:01:0{n + 1} 10:00:00")
     other = make_dalle("lzw.tif", (700100.0, 6600200.0), pixels=200, resolution_m=0.1, compress="lzw")
     opened: list[str] = []
     real_open = headers.MemoryFile.open
