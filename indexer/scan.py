@@ -295,7 +295,8 @@ def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
     result.duration_s = time.perf_counter() - started
     state.finish_scan(engine, storage_key, scan, result.dalles, result.problems, {
         "listed": result.listed_files, "read": len(to_read), "reused": result.reused,
-        "skipped": len(result.problems), "duration_s": round(result.duration_s, 3)})
+        "skipped": len(result.problems), "duration_s": round(result.duration_s, 3)},
+        unchanged={r.path for r in kept})
     log.info("scan done", extra={"storage": storage.url, "dalles": len(result.dalles),
                                  "skipped": len(result.problems), "reused": result.reused})
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -332,12 +332,24 @@ def _record_row(result: Dalle | DalleProblem, crs_ids: dict[str, int]) -> dict[s
 
 
 def finish_scan(engine: Engine, storage: int, scan: int, dalles: list[Dalle], problems: list[DalleProblem],
-                counts: dict[str, Any]) -> None:
-    """Replace the storage's records by this scan's, and end the scan as succeeded, in one transaction."""
+                counts: dict[str, Any], unchanged: Set[str] = frozenset()) -> None:
+    """Replace the storage's records by this scan's, and end the scan as succeeded, in one transaction.
+
+    The records of the `unchanged` paths (dalles reused as they were) stay as they are, with the
+    scan that read them; the others are deleted and written again.
+    """
     with engine.begin() as conn:
-        crs_ids = _crs_ids(conn, (d.crs_wkt for d in dalles))
-        conn.execute(delete(records).where(records.c.storage_id == storage))
-        results: Iterator[Dalle | DalleProblem] = itertools.chain(dalles, problems)
+        crs_ids = _crs_ids(conn, (d.crs_wkt for d in dalles if d.path not in unchanged))
+        if unchanged:
+            stale = [p for p in conn.scalars(select(records.c.path).where(records.c.storage_id == storage))
+                     if p not in unchanged]
+            for start in range(0, len(stale), 500):
+                conn.execute(delete(records).where(records.c.storage_id == storage,
+                                                   records.c.path.in_(stale[start:start + 500])))
+        else:
+            conn.execute(delete(records).where(records.c.storage_id == storage))
+        everything: Iterator[Dalle | DalleProblem] = itertools.chain(dalles, problems)
+        results = (r for r in everything if r.path not in unchanged)
         while batch := [{"storage_id": storage, **_record_row(r, crs_ids), "scan_id": scan}
                         for r in itertools.islice(results, 5000)]:
             conn.execute(insert(records), batch)

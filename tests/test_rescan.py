@@ -55,6 +55,13 @@ def test_changed_deleted_and_new_dalles(livrable_copy: Path, engine: Engine) -> 
     assert len(result.dalles) == 15
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(state.records)).scalar() == 22
+        scan_of = {row.path: row.scan_id for row in conn.execute(select(state.records.c.path, state.records.c.scan_id))}
+    # Only what was read again is written again; the store holds exactly the scan's result.
+    assert {path for path, scan in scan_of.items() if scan == 2} == {
+        "lot 1/PCRS_651000_6862000_L93.tif", "lot 1/copie.tif"}
+    assert set(scan_of.values()) == {1, 2}
+    stored = list(state.load_records(engine, state.storage_id(engine, livrable_copy.as_uri())))
+    assert sorted(stored, key=lambda r: r.path) == sorted([*result.dalles, *result.problems], key=lambda r: r.path)
 
 
 def test_full_rescan_reads_everything(livrable_copy: Path, engine: Engine) -> None:
