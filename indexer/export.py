@@ -168,13 +168,17 @@ def atomic_writer(path: Path) -> Iterator[IO[str]]:
         raise
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+"""One encoder for every feature (`json.dumps` with options builds one per call)."""
+
+
 def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> int:
     """Stream features into an open file as one FeatureCollection; returns how many."""
     f.write('{"type":"FeatureCollection","features":[')
     count = 0
     for feature in features:
         f.write(",\n" if count else "\n")
-        f.write(json.dumps(feature, ensure_ascii=False, separators=(",", ":")))
+        f.write(_COMPACT.encode(feature))
         count += 1
     f.write("\n]}\n")
     return count
