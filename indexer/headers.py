@@ -1,7 +1,10 @@
 """Read one dalle's header and turn it into a `Dalle` record, or a `DalleProblem` saying why not.
 
-`read_dalle` does the I/O (one prefix read, seldom more) and hands an open dataset to
-`dalle_from_dataset`, a pure function that tests call directly.
+`read_dalle` does the I/O (one prefix read, seldom more); `parse_dalle` checks the header's
+structure against the file size, then has GDAL describe the raster (`raster_info`) and turns the
+description and the georeferencing into a record (`describe`). The dalles of a livrable share
+their CRS and their header structure: GDAL builds each CRS and describes each structure once,
+and the other dalles are placed from their own tags (`model_transform`, `_geojp2_georef`).
 """
 
 from __future__ import annotations
@@ -306,7 +309,8 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
                 ) -> Dalle | DalleProblem:
     """The record of a dalle from the first bytes `Storage.read_start` gave, with the entry it completed.
 
-    Reads more of the storage only for a header longer than `prefix` or for sidecar files.
+    Reads more of the storage only for a header longer than `prefix` or for sidecar files. A
+    header whose structure and GeoKeys (or GeoJP2 box) were seen before needs no GDAL at all.
     """
     mime = raster_mime(entry.path)
     if mime is None:
