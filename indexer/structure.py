@@ -116,11 +116,11 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
         wanted = tag in _WANTED and typ in _TIFF_INT_FORMATS
         is_model = tag in _MODEL_TAGS and typ == _DOUBLE
         nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
+        offset = struct.unpack(order + ("Q" if big else "I"), value)[0] if nbytes > inline else 0
         if structure is not None and tag not in _PLACING_TAGS:
             if nbytes <= inline:
                 structure.append(entries[i * entry_size:(i + 1) * entry_size])
             else:  # the entry without its offset, and the value it points to
-                (offset,) = struct.unpack(order + ("Q" if big else "I"), value)
                 structure += [entries[i * entry_size:(i + 1) * entry_size - inline], view.data[offset:offset + nbytes]]
                 if offset + nbytes > len(view.data):
                     structure = None
@@ -129,7 +129,6 @@ def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
         if nbytes <= inline:
             raw = value[:nbytes]
         else:
-            (offset,) = struct.unpack(order + ("Q" if big else "I"), value)
             if offset + nbytes > view.size:
                 return Finding("corrupt", f"TIFF tag {tag} lies past the end of the file")
             raw = view.get(offset, nbytes)
@@ -259,7 +258,10 @@ def read_jp2_header(view: ByteView) -> Jp2Header | Finding:
         if box == b"uuid" and geojp2 is None and content[:16] == GEOJP2_UUID:
             geojp2 = content[16:]
         elif box not in _PLACING_BOXES and parts is not None:
-            parts = [*parts, box, content] if in_prefix else None
+            if in_prefix:
+                parts += [box, content]
+            else:
+                parts = None
         pos += length
     return Finding("corrupt", "no codestream box in the JPEG 2000 file")
 
