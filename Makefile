@@ -3,17 +3,22 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO ?= demo-data
+BENCH_ARGS ?=
 
-.PHONY: demo test venv servers lint bench clean
+.PHONY: demo test test-fast venv servers lint bench clean
 
 ## Set up, generate the sample livrable, index it and print where the outputs are.
 demo: venv
 	$(BIN)/pcrs-indexer sample $(DEMO)/livrable
 	$(BIN)/pcrs-indexer index $(DEMO)/livrable --out $(DEMO)/out --db sqlite:///$(DEMO)/state.sqlite
 
-## Set up (Python packages, and the Debian servers the tests run against) and run the tests.
-test: venv servers
+## Set up (Python packages, and the Debian servers the tests run against), lint, and run every test.
+test: venv servers lint
 	$(BIN)/python -m pytest
+
+## The unit lane only: no server, a few seconds.
+test-fast: venv
+	$(BIN)/python -m pytest tests/unit
 
 venv: $(VENV)/.installed
 
@@ -25,11 +30,16 @@ $(VENV)/.installed: pyproject.toml
 
 ## Install the real servers the tests start on loopback (nginx, ...). Needs root or sudo.
 servers:
-	bash tests/install-servers.sh
+	bash tests/servers/install-servers.sh
 
+## ruff (with a complexity limit) and mypy --strict on the core and the tasks.
 lint: venv
 	$(BIN)/ruff check indexer tasks tests
-	$(BIN)/mypy indexer
+	$(BIN)/mypy indexer tasks
+
+## The speed benchmark (tests/benchmarks): make bench BENCH_ARGS="--sizes 1000 --concurrency 64"
+bench: venv
+	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO)

@@ -10,31 +10,18 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from functools import lru_cache
 
 import numpy as np
 import shapely
-from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
+from indexer.crs import is_geographic, to_wgs84
 from indexer.models import Dalle
 
 log = logging.getLogger(__name__)
 
-WGS84 = CRS.from_epsg(4326)
 DENSIFY_M = 200.0
 """Longest edge, in metres, kept straight before reprojection (a PCRS dalle's side)."""
-
-
-@lru_cache(maxsize=64)
-def to_wgs84(crs_wkt: str) -> Transformer:
-    """A lon/lat transformer from a CRS, built once per CRS."""
-    return Transformer.from_crs(CRS.from_wkt(crs_wkt), WGS84, always_xy=True)
-
-
-@lru_cache(maxsize=64)
-def _is_geographic(crs_wkt: str) -> bool:
-    return bool(CRS.from_wkt(crs_wkt).is_geographic)
 
 
 def footprints(dalles: Iterable[Dalle]) -> np.ndarray:
@@ -63,7 +50,7 @@ def union_native(polygons: np.ndarray, decimals: int) -> BaseGeometry:
 
 def reproject(geometry: BaseGeometry, crs_wkt: str) -> BaseGeometry:
     """Densify a geometry's edges in its CRS, then transform it to WGS84 lon/lat."""
-    if not _is_geographic(crs_wkt):
+    if not is_geographic(crs_wkt):
         geometry = shapely.segmentize(geometry, DENSIFY_M)
     transformer = to_wgs84(crs_wkt)
 
@@ -83,7 +70,7 @@ def compute_emprise(dalles: Iterable[Dalle]) -> BaseGeometry | None:
         return None
     parts = []
     for crs_wkt, group in sorted(groups.items()):
-        decimals = 9 if _is_geographic(crs_wkt) else 3
+        decimals = 9 if is_geographic(crs_wkt) else 3
         parts.append(reproject(union_native(footprints(group), decimals), crs_wkt))
     emprise = parts[0] if len(parts) == 1 else shapely.union_all(parts)
     return shapely.normalize(emprise)

@@ -1,4 +1,8 @@
-"""Errors raised on purpose. A bad dalle is never an error: it is a `DalleProblem` record."""
+"""Every error the indexer raises on purpose. A bad dalle is never an error: it is a `DalleProblem`.
+
+Each door maps these classes to its outcomes in one table: the command line to exit codes
+(`indexer.cli.EXIT_CODES`), the Celery tasks to retry or fail (`tasks.jobs.PERMANENT`).
+"""
 
 
 class IndexerError(Exception):
@@ -17,10 +21,6 @@ class StorageUnreachable(IndexerError):
     """The storage cannot be listed (network, permissions, missing folder). Transient."""
 
 
-class LivrableNotFound(IndexerError):
-    """The projet document has no livrable matching the request."""
-
-
 class ForbiddenAddress(StorageUnreachable):
     """The storage resolves to a loopback, private, link-local or multicast address not allowed.
 
@@ -32,5 +32,27 @@ class ListingLimitReached(StorageUnreachable):
     """The crawl went past the depth or entry cap: the listing is stopped rather than left to run."""
 
 
+class LivrableNotFound(IndexerError):
+    """The projet document has no livrable matching the request."""
+
+
+class StorageNotFound(IndexerError):
+    """No storage in the store matches the id or URL given."""
+
+
+class ScanRunning(IndexerError):
+    """A scan of the storage is already queued or running."""
+
+
 class ReadError(Exception):
-    """A file could not be read after retries; the message names the cause. Per file: never fatal."""
+    """A file or a listing page could not be read after retries. Per file: never fatal.
+
+    Args:
+        what: the file's path (or the page's masked URL) the read was for.
+        detail: the cause, for the user (``timed out (2 attempts)``, ``not found (HTTP 404)``).
+    """
+
+    def __init__(self, what: str, detail: str) -> None:
+        super().__init__(f"{what}: {detail}")
+        self.what = what
+        self.detail = detail

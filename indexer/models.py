@@ -1,12 +1,74 @@
-"""Typed records passed between the stages of a scan. Output field names live in `export.py`."""
+"""The records passed between the rooms of a scan, and the closed sets they use.
+
+A record holds the record it is made from: a `Dalle` and a `DalleProblem` hold the `FileEntry`
+the listing (completed by the first read) gave, instead of copying its fields. GeoJSON property
+names live in `indexer.geojson`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from enum import StrEnum
 
-Reason = Literal["empty", "corrupt", "not_georeferenced", "unsupported", "unreadable"]
-REASONS: tuple[Reason, ...] = ("empty", "corrupt", "not_georeferenced", "unsupported", "unreadable")
+
+class SkipReason(StrEnum):
+    """Why a raster file is not indexed."""
+
+    EMPTY = "empty"
+    CORRUPT = "corrupt"
+    NOT_GEOREFERENCED = "not_georeferenced"
+    UNSUPPORTED = "unsupported"
+    UNREADABLE = "unreadable"
+
+
+class ScanStatus(StrEnum):
+    """Where a scan is in its life; `ACTIVE_SCANS` have not ended."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    AGGREGATING = "aggregating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+ACTIVE_SCANS = (ScanStatus.QUEUED, ScanStatus.RUNNING, ScanStatus.AGGREGATING)
+"""Statuses of a scan not yet ended; a storage has at most one such scan."""
+
+
+class StorageStatus(StrEnum):
+    """A storage's status: that of its latest scan, ``ok`` once one succeeded."""
+
+    NEW = "new"
+    QUEUED = "queued"
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+
+
+class ScanStep(StrEnum):
+    """The step a scan is at."""
+
+    LISTING = "listing"
+    READING = "reading"
+    AGGREGATING = "aggregating"
+    DONE = "done"
+
+
+class FileRole(StrEnum):
+    """What a scan does with a listed file it keeps."""
+
+    READ = "read"
+    REUSED = "reused"
+    SIDECAR = "sidecar"
+
+
+class Trigger(StrEnum):
+    """What queued a scan of the distributed service."""
+
+    PUBLISH = "publish"
+    REQUEUE = "requeue"
+    SCHEDULE = "schedule"
+
 
 Point = tuple[float, float]
 
@@ -34,15 +96,34 @@ class FileEntry:
 
 
 @dataclass(frozen=True, slots=True)
-class Dalle:
-    """A valid dalle: what its header says, plus where it is.
+class Signature:
+    """What identifies a file's version without reading it."""
 
-    `corners` are the four corners (upper-left, upper-right, lower-right, lower-left) in the
-    dalle's own CRS, given by `crs_wkt`; a rotated geotransform gives a rotated quadrilateral.
+    size: int | None
+    mtime: str | None
+    etag: str | None
+
+    @classmethod
+    def of(cls, entry: FileEntry) -> Signature:
+        """The signature of a listed file."""
+        return cls(entry.size, entry.mtime, entry.etag)
+
+    @property
+    def usable(self) -> bool:
+        """A signature with neither a modification time nor an ETag proves nothing."""
+        return self.size is not None and (self.mtime is not None or self.etag is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Dalle:
+    """A valid dalle: what its header says, plus the file it is.
+
+    `file` carries the exact size. `corners` are the four corners (upper-left, upper-right,
+    lower-right, lower-left) in the dalle's own CRS, given by `crs_wkt`; a rotated geotransform
+    gives a rotated quadrilateral.
     """
 
-    path: str
-    size: int
+    file: FileEntry
     mime: str
     width: int
     height: int
@@ -53,25 +134,39 @@ class Dalle:
     corners: tuple[Point, Point, Point, Point]
     resolution_cm: float
     open: bool
-    mtime: str | None = None
-    etag: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The path below the storage root."""
+        return self.file.path
 
     @property
     def name(self) -> str:
         """The file name, without folders."""
-        return self.path.rsplit("/", 1)[-1]
+        return self.file.name
+
+    @property
+    def size(self) -> int:
+        """The file's size in bytes."""
+        return self.file.size or 0
 
 
 @dataclass(frozen=True, slots=True)
 class DalleProblem:
     """A raster file that is not indexed, and why: data, never an exception."""
 
-    path: str
-    reason: Reason
+    file: FileEntry
+    reason: SkipReason
     detail: str
-    size: int | None = None
-    mtime: str | None = None
-    etag: str | None = None
+
+    @property
+    def path(self) -> str:
+        """The path below the storage root."""
+        return self.file.path
+
+
+Record = Dalle | DalleProblem
+"""What a scan keeps of each raster file."""
 
 
 @dataclass(slots=True)

@@ -13,12 +13,11 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
-from fsspec.asyn import sync
 from fsspec.implementations.http import HTTPFileSystem
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from indexer.errors import ConfigError, LivrableNotFound
-from indexer.storage import mask_url
+from indexer.storages.access import mask_url
 
 
 class _Doc(BaseModel):
@@ -99,7 +98,7 @@ def load_projet(location: str, timeout_s: float = 30.0) -> Projet:
         if scheme in ("http", "https"):
             fs = HTTPFileSystem(client_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
                                 skip_instance_cache=True)
-            text = sync(fs.loop, fs._cat_file, location).decode("utf-8")
+            text = fs.cat_file(location).decode("utf-8")
         else:
             text = Path(location).read_text(encoding="utf-8")
         doc = json.loads(text)

@@ -18,7 +18,10 @@ def _default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    """Every tunable of the indexer. Core functions take values, only entry points read this."""
+    """The core's settings: where the store is, how storages are reached and dalles read.
+
+    Core functions take values; only the doors (CLI, tasks) read the settings.
+    """
 
     model_config = SettingsConfigDict(env_prefix="PCRS_INDEXER_", env_file=".env", extra="ignore")
 
@@ -60,11 +63,20 @@ class Settings(BaseSettings):
             return [str(network) for network in value]
         return value
 
-    # The distributed service: Celery workers and beat (tasks/, config/celeryconfig.py).
+    def database_url(self) -> str:
+        """The state store URL: ``db_url`` when set, else a SQLite file in ``data_dir``."""
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{self.data_dir / 'pcrs-indexer.sqlite'}"
+
+
+class FleetSettings(Settings):
+    """The settings of the distributed service (`tasks/`): the core's, and the fleet's own."""
+
     broker_url: str = Field(default="redis://127.0.0.1:6379/0", description="Celery broker (Redis).")
     result_backend: str | None = Field(default=None, description="Celery result backend; default the broker.")
     celery_config: Path | None = Field(
-        default=None, description="Celery settings module; default config/celeryconfig.py of the source tree.")
+        default=None, description="A Celery settings module applied over the package's (tasks.celeryconfig).")
     output_dir: Path | None = Field(
         default=None, description="Where workers publish each storage's files, in a folder named by its id; "
                                   "default data_dir/outputs.")
@@ -105,12 +117,6 @@ class Settings(BaseSettings):
                 return value
         return value
 
-    def database_url(self) -> str:
-        """The state store URL: ``db_url`` when set, else a SQLite file in ``data_dir``."""
-        if self.db_url:
-            return self.db_url
-        return f"sqlite:///{self.data_dir / 'pcrs-indexer.sqlite'}"
-
     def outputs_dir(self) -> Path:
         """Where workers publish each storage's files: ``output_dir``, else ``data_dir/outputs``."""
         return self.output_dir or self.data_dir / "outputs"
@@ -124,3 +130,9 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once. Tests build ``Settings(...)`` directly instead."""
     return Settings()
+
+
+@lru_cache(maxsize=1)
+def get_fleet_settings() -> FleetSettings:
+    """The process-wide settings of the distributed service, read once."""
+    return FleetSettings()

@@ -1,8 +1,9 @@
-"""The Celery app of the service, configured by ``config/celeryconfig.py`` and the environment.
+"""The Celery app of the service, configured by `tasks.celeryconfig` and the environment.
 
-``celery -A tasks worker`` and ``celery -A tasks beat`` run it. The settings module's path is
-``PCRS_INDEXER_CELERY_CONFIG``, by default the ``config/celeryconfig.py`` of the source tree.
-Workers log JSON lines on stderr, one object per record with its ``extra`` fields.
+``celery -A tasks worker`` and ``celery -A tasks beat`` run it. A Celery settings module named
+by ``PCRS_INDEXER_CELERY_CONFIG`` (e.g. ``config/celeryconfig.py``) is applied over the
+package's defaults. Workers log JSON lines on stderr, one object per record with its ``extra``
+fields.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from celery.signals import setup_logging, worker_init
 from rasterio.errors import NotGeoreferencedWarning
 
 from indexer.errors import ConfigError
-from indexer.settings import get_settings
-from indexer.state import create_store
-
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "celeryconfig.py"
+from indexer.settings import get_fleet_settings
+from indexer.store.engine import create_store
 
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -59,7 +58,7 @@ def _json_logging(loglevel: int | str | None = None, **_: Any) -> None:
 @worker_init.connect
 def _migrate(**_: Any) -> None:
     """Bring the state store's schema up to date before the worker takes messages."""
-    create_store(get_settings().database_url()).dispose()
+    create_store(get_fleet_settings().database_url()).dispose()
 
 
 def load_config(path: Path) -> ModuleType:
@@ -67,18 +66,27 @@ def load_config(path: Path) -> ModuleType:
     if not path.is_file():
         raise ConfigError(f"Celery settings {path} not found: set PCRS_INDEXER_CELERY_CONFIG")
     spec = importlib.util.spec_from_file_location("pcrs_celeryconfig", path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"Celery settings {path} cannot be imported: name a .py file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def overrides(module: ModuleType) -> dict[str, Any]:
+    """The Celery settings a module defines: its public lower-case names."""
+    return {name: value for name, value in vars(module).items()
+            if name.islower() and not name.startswith("_") and not isinstance(value, ModuleType)}
+
+
 def create_app() -> Celery:
-    """The Celery app, its tasks in `tasks.jobs`."""
-    settings = get_settings()
+    """The Celery app, its tasks in `tasks.jobs`: the package's settings, then the override module's."""
+    settings = get_fleet_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("pcrs", include=["tasks.jobs"])
-    app.config_from_object(load_config(settings.celery_config or DEFAULT_CONFIG))
+    app.config_from_object("tasks.celeryconfig")
+    if settings.celery_config is not None:
+        app.conf.update(overrides(load_config(settings.celery_config)))
     return app
 
 

@@ -1,4 +1,4 @@
-"""The service's Celery tasks: each parses its input, calls one `indexer.jobs` stage, sends what follows.
+"""The service's Celery tasks: each parses its input, calls one `indexer.service` stage, sends what follows.
 
 Task names and arguments are the service's message interface; other services may send them by
 name with JSON arguments:
@@ -36,7 +36,6 @@ from celery import Task
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Engine
 
-from indexer import jobs, state
 from indexer.errors import (
     ConfigError,
     ForbiddenAddress,
@@ -44,12 +43,19 @@ from indexer.errors import (
     InvalidSource,
     ListingLimitReached,
     LivrableNotFound,
+    ScanRunning,
     StorageUnreachable,
 )
+from indexer.models import Trigger
+from indexer.pipeline import ScanOptions
 from indexer.projet import Projet, load_projet
-from indexer.scan import ScanOptions
-from indexer.settings import get_settings
-from indexer.storage import AccessOptions, Storage, open_storage
+from indexer.service import queueing, stages
+from indexer.settings import get_fleet_settings
+from indexer.storages import AccessOptions, Storage, open_storage
+from indexer.store import queries
+from indexer.store.engine import create_store
+from indexer.store.queries import ScanTarget
+from indexer.store.scans import release_finalize
 from tasks.app import app
 from tasks.limiter import HostLimiter, limited
 
@@ -68,10 +74,10 @@ _limiters: dict[int, HostLimiter | None] = {}
 
 def engine() -> Engine:
     """This process's engine on the state store (one per process: prefork children do not share one)."""
-    url = get_settings().database_url()
+    url = get_fleet_settings().database_url()
     key = (os.getpid(), url)
     if key not in _engines:
-        _engines[key] = state.create_store(url)
+        _engines[key] = create_store(url)
     return _engines[key]
 
 
@@ -79,30 +85,30 @@ def limiter() -> HostLimiter | None:
     """This process's per-host connection limiter, None when the cap is 0."""
     pid = os.getpid()
     if pid not in _limiters:
-        settings = get_settings()
+        settings = get_fleet_settings()
         _limiters[pid] = None if settings.host_connection_cap == 0 else HostLimiter(
             redis.Redis.from_url(settings.broker_url, socket_timeout=30, socket_connect_timeout=10),
             settings.host_connection_cap, settings.host_lease_s, settings.host_wait_s)
     return _limiters[pid]
 
 
-def open_target(target: state.ScanTarget) -> Storage:
+def open_target(target: ScanTarget) -> Storage:
     """The storage a scan reads, behind the fleet-wide host limiter."""
     if target.source is None:
         raise ConfigError(f"storage {target.storage} ({target.url}) has no source URL known: publish its livrable")
-    settings = get_settings()
-    storage = open_storage(target.source, options=AccessOptions.from_settings(settings))
+    settings = get_fleet_settings()
+    storage = open_storage(target.source, AccessOptions.from_settings(settings))
     return limited(storage, limiter(), max_slots=settings.concurrency)
 
 
 def storage_url(source: str) -> str:
     """A source's storage identity (its masked root URL), nothing contacted."""
-    with open_storage(source, options=AccessOptions.from_settings(get_settings())) as storage:
+    with open_storage(source, AccessOptions.from_settings(get_fleet_settings())) as storage:
         return storage.url
 
 
 def _backoff(retries: int) -> float:
-    settings = get_settings()
+    settings = get_fleet_settings()
     delay = min(settings.task_retry_backoff_s * 2.0**retries, settings.task_retry_backoff_max_s)
     return float(delay * random.uniform(0.8, 1.2))
 
@@ -113,26 +119,26 @@ def _guarded(task: Task, scan: int, work: Callable[[], dict[str, Any]],
     try:
         return work()
     except PERMANENT as exc:
-        jobs.fail_scan(engine(), scan, str(exc))
+        stages.fail_scan(engine(), scan, str(exc))
         return {"scan": scan, "status": "failed", "error": str(exc)}
     except TRANSIENT as exc:
         if on_error is not None:
             on_error()
-        if task.request.retries < get_settings().task_max_retries:
+        if task.request.retries < get_fleet_settings().task_max_retries:
             log.info("transient failure, retrying", extra={"task": task.name, "scan": scan, "error": str(exc),
                                                           "retries": task.request.retries})
             raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
         if isinstance(exc, StorageUnreachable):
-            jobs.fail_scan(engine(), scan, str(exc))
+            stages.fail_scan(engine(), scan, str(exc))
             return {"scan": scan, "status": "failed", "error": str(exc)}
         raise  # the store or the broker is down: the watchdog requeues the scan once it is back
     except IndexerError as exc:
-        jobs.fail_scan(engine(), scan, str(exc))
+        stages.fail_scan(engine(), scan, str(exc))
         return {"scan": scan, "status": "failed", "error": str(exc)}
     except Exception as exc:
         if on_error is not None:
             on_error()
-        jobs.fail_scan(engine(), scan, f"unexpected error: {type(exc).__name__}: {exc}")
+        stages.fail_scan(engine(), scan, f"unexpected error: {type(exc).__name__}: {exc}")
         raise
 
 
@@ -169,11 +175,11 @@ def publish(projet: dict[str, Any] | str, livrable: str | None = None, full: boo
         request = PublishRequest(projet=projet, livrable=livrable, full=full)
     except ValidationError as exc:
         raise ConfigError(f"invalid pcrs.publish arguments: {exc.errors()[0]['msg']}") from exc
-    settings = get_settings()
+    settings = get_fleet_settings()
     document = (load_projet(request.projet, settings.timeout_s) if isinstance(request.projet, str)
                 else Projet.from_document(request.projet))
     try:
-        queued = jobs.publish(engine(), document, request.livrable, storage_url, request.full)
+        queued = queueing.publish(engine(), document, request.livrable, storage_url, request.full)
     except LivrableNotFound as exc:
         return {"queued": [], "refused": [str(exc)]}
     enqueue_scans(q.scan for q in queued if q.scan is not None)
@@ -186,8 +192,8 @@ def publish(projet: dict[str, Any] | str, livrable: str | None = None, full: boo
 def requeue(storage_id: int, full: bool = False) -> dict[str, Any]:
     """Queue a scan of a storage already known; refused while one is queued or running."""
     try:
-        scan = jobs.queue_scan(engine(), int(storage_id), "requeue", bool(full))
-    except jobs.ScanRunning as exc:
+        scan = queueing.queue_scan(engine(), int(storage_id), Trigger.REQUEUE, bool(full))
+    except ScanRunning as exc:
         return {"storage": storage_id, "scan": None, "refused": str(exc)}
     enqueue_scans([scan])
     return {"storage": storage_id, "scan": scan}
@@ -196,13 +202,14 @@ def requeue(storage_id: int, full: bool = False) -> dict[str, Any]:
 @app.task(name="pcrs.scan_storage", bind=True)
 def scan_storage(self: Task, scan_id: int) -> dict[str, Any]:
     """List a queued scan's storage and send its chunks to the workers."""
-    target = state.scan_target(engine(), scan_id)
+    target = queries.scan_target(engine(), scan_id)
     if target is None:
         return {"scan": scan_id, "status": "unknown"}
 
     def work() -> dict[str, Any]:
         with open_target(target) as storage:
-            plan = jobs.list_scan(engine(), storage, target, get_settings().chunk_size, get_settings().concurrency)
+            settings = get_fleet_settings()
+            plan = stages.list_scan(engine(), storage, target, settings.chunk_size, settings.concurrency)
         if plan is None:
             return {"scan": scan_id, "status": "already listed"}
         dispatch_reading(scan_id, range(plan.chunks))
@@ -215,15 +222,15 @@ def scan_storage(self: Task, scan_id: int) -> dict[str, Any]:
 @app.task(name="pcrs.read_chunk", bind=True)
 def read_chunk(self: Task, scan_id: int, chunk: int) -> dict[str, Any]:
     """Read a chunk's headers and store them; the last chunk in sends the finalisation."""
-    target = state.scan_target(engine(), scan_id)
+    target = queries.scan_target(engine(), scan_id)
     if target is None:
         return {"scan": scan_id, "chunk": chunk, "status": "unknown"}
-    settings = get_settings()
+    settings = get_fleet_settings()
     options = ScanOptions(concurrency=settings.concurrency, header_bytes=settings.header_bytes)
 
     def work() -> dict[str, Any]:
         with open_target(target) as storage:
-            outcome = jobs.read_chunk(engine(), storage, target, chunk, options, self.request.hostname or "",
+            outcome = stages.read_chunk(engine(), storage, target, chunk, options, self.request.hostname or "",
                                       settings.heartbeat_every_s)
         if outcome.stored and outcome.pending == 0:
             finalize_scan.delay(scan_id)
@@ -236,25 +243,26 @@ def read_chunk(self: Task, scan_id: int, chunk: int) -> dict[str, Any]:
 @app.task(name="pcrs.finalize_scan", bind=True)
 def finalize_scan(self: Task, scan_id: int) -> dict[str, Any]:
     """Aggregate a scan whose chunks are all in, publish its files and end it, exactly once."""
-    target = state.scan_target(engine(), scan_id)
+    target = queries.scan_target(engine(), scan_id)
     if target is None:
         return {"scan": scan_id, "status": "unknown"}
 
     def work() -> dict[str, Any]:
         with open_target(target) as storage:
-            published = jobs.finalize_scan(engine(), storage, target, get_settings().outputs_dir(), date.today())
+            published = stages.finalize_scan(engine(), storage, target, get_fleet_settings().outputs_dir(),
+                                             date.today())
         if published is None:
             return {"scan": scan_id, "status": "not ready or already finalised"}
         return {"scan": scan_id, "status": "succeeded", "storage": published.storage, "dalles": published.dalles,
                 "skipped": published.skipped, "reused": published.reused, "out": str(published.out)}
 
-    return _guarded(self, scan_id, work, on_error=lambda: state.release_finalize(engine(), scan_id))
+    return _guarded(self, scan_id, work, on_error=lambda: release_finalize(engine(), scan_id))
 
 
 @app.task(name="pcrs.watchdog")
 def watchdog() -> dict[str, Any]:
     """Requeue the work of every scan whose heartbeat stopped."""
-    stalled = jobs.take_stalled(engine(), get_settings().stale_after.total_seconds())
+    stalled = stages.take_stalled(engine(), get_fleet_settings().stale_after.total_seconds())
     for scan in stalled:
         if scan.action == "list":
             scan_storage.delay(scan.scan)
@@ -266,8 +274,8 @@ def watchdog() -> dict[str, Any]:
 @app.task(name="pcrs.reindex_due")
 def reindex_due() -> dict[str, Any]:
     """Queue a scan of each published storage not scanned for ``PCRS_INDEXER_REINDEX_EVERY``."""
-    settings = get_settings()
-    queued = jobs.queue_due(engine(), settings.reindex_every.total_seconds(), settings.reindex_batch)
+    settings = get_fleet_settings()
+    queued = queueing.queue_due(engine(), settings.reindex_every.total_seconds(), settings.reindex_batch)
     enqueue_scans(q.scan for q in queued if q.scan is not None)
     return {"queued": [{"storage": q.storage, "scan": q.scan} for q in queued]}
 

@@ -14,6 +14,7 @@ connections from the whole fleet.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import threading
@@ -27,7 +28,8 @@ import redis
 
 from indexer.errors import StorageUnreachable
 from indexer.models import FileEntry
-from indexer.storage import LISTING_CONCURRENCY, Storage
+from indexer.storages import AsyncReads, Storage
+from indexer.storages.crawl import LISTING_CONCURRENCY
 
 log = logging.getLogger(__name__)
 
@@ -218,11 +220,11 @@ class LimitedStorage(Storage):
 
     @contextmanager
     def _connection(self) -> Iterator[None]:
-        self._take(self.max_slots)
+        self.take()
         try:
             yield
         finally:
-            self._give()
+            self.give()
 
     def list_files(self) -> list[FileEntry]:
         """List the storage holding `listing_slots` slots at once: a crawl fetches several pages at once."""
@@ -241,10 +243,10 @@ class LimitedStorage(Storage):
         finally:
             self._give(self.listing_slots)
 
-    def read_prefix(self, entry: FileEntry, length: int) -> tuple[bytes, int]:
-        """Read the start of a file on a connection of a held slot."""
+    def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """Read the start of a file on a connection of a held slot, as the wrapped storage does."""
         with self._connection():
-            return self.inner.read_prefix(entry, length)
+            return self.inner.read_start(entry, length)
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """Read bytes of a file on a connection of a held slot."""
@@ -256,6 +258,27 @@ class LimitedStorage(Storage):
         with self._connection():
             return self.inner.stat(entry)
 
+    def async_reads(self) -> AsyncReads | None:
+        """The wrapped storage's coroutine reader, each read on a connection of a held slot."""
+        reads = self.inner.async_reads()
+        return None if reads is None else _LimitedReads(self, reads)
+
+    def take_free(self) -> bool:
+        """Take a held slot that is free, without waiting; False when none is."""
+        with self._cond:
+            if self._free > 0:
+                self._free -= 1
+                return True
+        return False
+
+    def take(self) -> None:
+        """Take a slot for one call: a free held one, one more from the fleet, or wait for one."""
+        self._take(self.max_slots)
+
+    def give(self) -> None:
+        """Give back the slot a call took."""
+        self._give()
+
     def close(self) -> None:
         """Close the wrapped storage's connections, then give its slots back to the fleet."""
         try:
@@ -265,6 +288,32 @@ class LimitedStorage(Storage):
                 held, self._held, self._free = self._held, [], 0
             for token in held:
                 self.limiter.release(self.host, token)
+
+
+class _LimitedReads:
+    """A coroutine reader whose reads each hold one of a `LimitedStorage`'s slots.
+
+    A free held slot is taken at once, on the loop; waiting for one (or taking one more from the
+    fleet, a Redis call) happens in a thread, so the loop never blocks.
+    """
+
+    def __init__(self, storage: LimitedStorage, reads: AsyncReads) -> None:
+        self._storage = storage
+        self._reads = reads
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The wrapped reader's loop."""
+        return self._reads.loop
+
+    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """The wrapped reader's `read_start`, on a connection of a held slot."""
+        if not self._storage.take_free():
+            await asyncio.get_running_loop().run_in_executor(None, self._storage.take)
+        try:
+            return await self._reads.read_start(entry, length)
+        finally:
+            self._storage.give()
 
 
 def limited(storage: Storage, limiter: HostLimiter | None, max_slots: int = 1) -> Storage:

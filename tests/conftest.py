@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import Engine
 
 from indexer.sample import SampleSpec, make_sample_livrable, write_dalle
-from indexer.state import create_store
-from tests.servers import Nginx
+from indexer.store.engine import create_store
+from tests.servers.servers import Nginx
 
 SMALL = SampleSpec(cols=4, rows=4, pixels=200, resolution_m=1.0, hole=(1, 1))
 """A 4×4 grid of 200 m dalles (200 px at 1 m) with one hole, plus the bad files."""

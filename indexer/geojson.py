@@ -1,0 +1,211 @@
+"""The GeoJSON of the PCRS data API: the features of `dalles.geojson` and `livrables.geojson`.
+
+Every output property name is spelled here and nowhere else. Features are written one at a time
+to a temporary file renamed into place, so a reader never sees half a file and millions of
+dalles need no list in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import shapely
+from shapely.geometry import mapping
+from shapely.geometry.base import BaseGeometry
+
+from indexer.crs import to_wgs84
+from indexer.models import Dalle
+from indexer.projet import CALENDRIER, Livrable, Projet, current_etape
+
+DECIMALS = 7
+
+DALLE_PROPERTIES = (
+    "dateAcquisition", "dateRecette", "descriptionElementsQualite", "idPCRS", "nomImage",
+    "precisionplanimetriqueCorpsdeRue", "precisionplanimetriqueZonesNaturelles", "resolution",
+    "typeImage", "producteur", "licence", "tailleFichier", "tailleImage", "compression", "epsg",
+    "bandes", "open", "focale", "chemin",
+)
+LIVRABLE_PROPERTIES = (
+    "initiative", "dateActualite", "calendrier", "nom", "format", "compression", "epsg", "taille",
+    "recouvrLat", "recouvrLon", "focale", "licence", "subventions", "acteurs", "diffusion",
+    "diffusionUrl", "diffusionLayer",
+)
+
+
+def _number(value: float | None) -> int | float | None:
+    """An integer when the value is whole (5.0 -> 5), else the value."""
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+def epsg_label(epsg: int | None) -> str | None:
+    """``EPSG:2154`` form, None when unknown."""
+    return f"EPSG:{epsg}" if epsg is not None else None
+
+
+def dalle_rings(dalles: list[Dalle]) -> np.ndarray:
+    """Each dalle's closed ring in WGS84, counter-clockwise from its upper-left corner, 7 decimals.
+
+    One coordinate transformation per CRS for all the dalles given: an array of shape (n, 5, 2).
+    """
+    corners = np.array([d.corners for d in dalles], dtype="float64").reshape(-1, 4, 2)
+    lonlat = np.empty_like(corners)
+    groups: dict[str, list[int]] = {}
+    for index, dalle in enumerate(dalles):
+        groups.setdefault(dalle.crs_wkt, []).append(index)
+    for crs_wkt, indices in groups.items():
+        xy = corners[indices].reshape(-1, 2)
+        lon, lat = to_wgs84(crs_wkt).transform(xy[:, 0], xy[:, 1])
+        lonlat[indices] = np.column_stack([lon, lat]).reshape(-1, 4, 2)
+    rings = np.round(lonlat, DECIMALS)
+    x, y = rings[:, :, 0], rings[:, :, 1]
+    clockwise = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1) < 0
+    rings[clockwise] = rings[clockwise][:, [0, 3, 2, 1]]
+    return np.concatenate([rings, rings[:, :1]], axis=1)
+
+
+def dalle_properties(dalle: Dalle, projet: Projet | None, livrable: Livrable | None) -> dict[str, Any]:
+    """The properties of a dalle feature, in the order of the PCRS API."""
+    values = {
+        "dateAcquisition": None,
+        "dateRecette": None,
+        "descriptionElementsQualite": None,
+        "idPCRS": projet.id if projet else None,
+        "nomImage": dalle.name,
+        "precisionplanimetriqueCorpsdeRue": None,
+        "precisionplanimetriqueZonesNaturelles": None,
+        "resolution": _number(dalle.resolution_cm),
+        "typeImage": dalle.mime,
+        "producteur": None,
+        "licence": livrable.licence if livrable else None,
+        "tailleFichier": dalle.size,
+        "tailleImage": f"{dalle.height}x{dalle.width}",
+        "compression": dalle.compression,
+        "epsg": epsg_label(dalle.epsg),
+        "bandes": "/".join(dalle.bands),
+        "open": dalle.open,
+        "focale": _number(livrable.focale) if livrable else None,
+        "chemin": dalle.path,
+    }
+    return {name: values[name] for name in DALLE_PROPERTIES}
+
+
+def _common(values: Iterable[Any]) -> Any:
+    distinct = set(values)
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def _unique(values: Iterable[str | None]) -> list[str]:
+    return list(dict.fromkeys(v for v in values if v))
+
+
+def livrable_properties(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None,
+                        today: date) -> dict[str, Any]:
+    """The properties of a livrable feature, in the order of the PCRS API."""
+    etape = current_etape(projet.etapes, today) if projet else None
+    values = {
+        "initiative": projet.id if projet else None,
+        "dateActualite": etape.date_debut.isoformat() if etape and etape.date_debut else None,
+        "calendrier": CALENDRIER.get(etape.statut) if etape else None,
+        "nom": livrable.nom if livrable else None,
+        "format": _common(d.mime for d in dalles),
+        "compression": _common(d.compression for d in dalles),
+        "epsg": epsg_label(_common(d.epsg for d in dalles)),
+        "taille": sum(d.size for d in dalles),
+        "recouvrLat": livrable.recouvr_lat if livrable else None,
+        "recouvrLon": livrable.recouvr_lon if livrable else None,
+        "focale": _number(livrable.focale) if livrable else None,
+        "licence": livrable.licence if livrable else None,
+        "subventions": _unique(s.nature for s in projet.subventions) if projet else [],
+        "acteurs": _unique(a.nom for a in projet.acteurs) if projet else [],
+        "diffusion": livrable.diffusion if livrable else None,
+        "diffusionUrl": livrable.diffusion_url if livrable else None,
+        "diffusionLayer": livrable.diffusion_layer if livrable else None,
+    }
+    return {name: values[name] for name in LIVRABLE_PROPERTIES}
+
+
+def emprise_geometry(emprise: BaseGeometry | None) -> dict[str, Any] | None:
+    """The emprise as RFC 7946 GeoJSON: snapped to 7 decimals, exterior rings counter-clockwise."""
+    if emprise is None or emprise.is_empty:
+        return None
+    snapped = shapely.set_precision(emprise, 10.0**-DECIMALS)
+    oriented = shapely.orient_polygons(snapped, exterior_cw=False)
+    geometry: dict[str, Any] = _round(json.loads(json.dumps(mapping(oriented))))
+    return geometry
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, DECIMALS)
+    if isinstance(value, list | tuple):
+        return [_round(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    return value
+
+
+@contextmanager
+def atomic_writer(path: Path) -> Iterator[IO[str]]:
+    """A text file written beside `path` and renamed onto it only when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
+"""One encoder for every feature (`json.dumps` with options builds one per call)."""
+
+
+def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> int:
+    """Stream features into an open file as one FeatureCollection; returns how many."""
+    f.write('{"type":"FeatureCollection","features":[')
+    count = 0
+    for feature in features:
+        f.write(",\n" if count else "\n")
+        f.write(_COMPACT.encode(feature))
+        count += 1
+    f.write("\n]}\n")
+    return count
+
+
+def dalle_features(dalles: Iterable[Dalle], projet: Projet | None, livrable: Livrable | None
+                   ) -> Iterator[dict[str, Any]]:
+    """GeoJSON features of dalles, in the order given, transformed a few thousand at a time."""
+    batch: list[Dalle] = []
+    for dalle in dalles:
+        batch.append(dalle)
+        if len(batch) == 5000:
+            yield from _features(batch, projet, livrable)
+            batch = []
+    yield from _features(batch, projet, livrable)
+
+
+def _features(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None) -> Iterator[dict[str, Any]]:
+    if not dalles:
+        return
+    for dalle, ring in zip(dalles, dalle_rings(dalles), strict=True):
+        yield {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},
+               "properties": dalle_properties(dalle, projet, livrable)}
+
+
+def livrable_feature(dalles: list[Dalle], emprise: BaseGeometry | None, projet: Projet | None,
+                     livrable: Livrable | None, today: date) -> dict[str, Any]:
+    """The GeoJSON feature of one livrable."""
+    return {"type": "Feature", "geometry": emprise_geometry(emprise),
+            "properties": livrable_properties(dalles, projet, livrable, today)}

@@ -1,0 +1,281 @@
+"""The one job: list a livrable's storage, reuse unchanged dalles, read the others, keep the records.
+
+`scan_storage` is the whole scan on one machine; `index_livrable` adds the projet and the
+outputs, as ``pcrs-indexer index`` runs it. The distributed service (`indexer.service`) runs the
+same stages apart: `split_reusable` decides what a scan reuses, `read_all` reads the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import date
+from pathlib import Path
+from typing import TypeVar
+
+from sqlalchemy import Engine
+
+from indexer.errors import ReadError, StorageUnreachable
+from indexer.models import Dalle, DalleProblem, FileEntry, Record, ScanResult, Signature, SkipReason
+from indexer.projet import Livrable, Projet, load_projet, select_livrable
+from indexer.publish import Publication, publish_outputs
+from indexer.read import parse_dalle, place_proprietary, read_dalle, skip_unread, unreadable
+from indexer.read.describe import parsing_thread
+from indexer.read.formats import Listing
+from indexer.settings import Settings
+from indexer.storages import AccessOptions, AsyncReads, Storage, open_storage
+from indexer.store import catalog, records, scans
+from indexer.store.engine import create_store
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Wrap = Callable[[Iterator[T], int], Iterator[T]]
+"""Wraps the stream of results as they come (a progress bar, a heartbeat); gets the total."""
+
+
+def no_progress(items: Iterator[T], _total: int) -> Iterator[T]:
+    """The `Wrap` that does nothing."""
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class ScanOptions:
+    """How a scan reads its storage."""
+
+    concurrency: int = 32
+    header_bytes: int = 16384
+    full: bool = False
+    """Ignore change detection and read every dalle again."""
+
+
+PARSE_BATCH = 64
+"""Most dalles handed to the parsing thread at once."""
+PARSE_AHEAD = 256
+"""Most dalles read and waiting for the parsing thread: their first bytes stay in memory."""
+
+
+def reusable(entry: FileEntry, previous: Record | None) -> bool:
+    """Whether a previous record still describes this file: same size, modification time and ETag."""
+    if previous is None:
+        return False
+    if isinstance(previous, DalleProblem) and previous.reason == SkipReason.UNREADABLE:
+        return False  # a transient failure is always retried
+    signature = Signature.of(entry)
+    return signature.usable and signature == Signature.of(previous.file)
+
+
+def split_reusable(storage: Storage, candidates: list[FileEntry], previous: dict[str, Record],
+                   concurrency: int) -> tuple[list[Record], list[FileEntry]]:
+    """The previous records still valid, and the entries to read.
+
+    A listing that shows no exact size or no date (Apache's rounded sizes, plain pages) gives no
+    signature: for those files only, and only when a previous record exists, `Storage.stat`
+    completes the entry (a HEAD over HTTP) as the first read did.
+    """
+    unsure = [e for e in candidates if e.path in previous and not Signature.of(e).usable]
+    completed: dict[str, FileEntry] = {}
+    if unsure:
+        def stat(entry: FileEntry) -> FileEntry:
+            try:
+                return storage.stat(entry)
+            except ReadError:
+                return entry  # read it again: the read says why if it fails
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="stat") as pool:
+            completed = {e.path: e for e in pool.map(stat, unsure)}
+    kept: list[Record] = []
+    to_read: list[FileEntry] = []
+    for entry in candidates:
+        entry = completed.get(entry.path, entry)
+        old = previous.get(entry.path)
+        if old is not None and reusable(entry, old):
+            kept.append(old)
+        else:
+            to_read.append(entry)
+    return kept, to_read
+
+
+def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], options: ScanOptions,
+             wrap: Wrap[Record] = no_progress) -> list[Record]:
+    """Read the headers of `entries`, `options.concurrency` at a time; results in the order given."""
+    if not entries:
+        return []
+    reads = storage.async_reads()
+    if reads is not None:
+        return _CoroutineReader(storage, reads, listing, options).run(entries, wrap)
+    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="read",
+                            initializer=parsing_thread) as pool:
+        results = pool.map(
+            lambda e: read_dalle(storage, e, listing.sidecars_of(e), options.header_bytes), entries)
+        return list(wrap(iter(results), len(entries)))
+
+
+_Fetched = tuple[int, FileEntry, bytes]
+
+
+class _CoroutineReader:
+    """Reads in flight on the storage's event loop, headers parsed in batches beside it.
+
+    No thread waits on the network: `options.concurrency` coroutines fetch dalles' first bytes and
+    queue them (at most `PARSE_AHEAD`); a dispatcher hands them by batches to a parsing thread,
+    which reads more through the storage's usual thread-safe methods when a header needs it (a
+    long header, sidecar files). Parsing is cheap for the dalles of a livrable, which share their
+    structure (see `indexer.read.describe`): one thread keeps up with the reads.
+    """
+
+    def __init__(self, storage: Storage, reads: AsyncReads, listing: Listing, options: ScanOptions) -> None:
+        self.storage = storage
+        self.reads = reads
+        self.listing = listing
+        self.options = options
+        self.results: list[Record | None] = []
+        self.done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
+
+    def run(self, entries: list[FileEntry], wrap: Wrap[Record]) -> list[Record]:
+        """Read every entry; `wrap` sees each result as it comes, in the order they end."""
+        self.results = [None] * len(entries)
+        future = asyncio.run_coroutine_threadsafe(self._run_all(entries), self.reads.loop)
+        future.add_done_callback(lambda f: self.done.put(f.exception() or StopIteration()))
+        for _ in wrap(self._progress(), len(entries)):
+            pass
+        future.result()
+        return [r for r in self.results if r is not None]
+
+    def _progress(self) -> Iterator[Record]:
+        while True:
+            item = self.done.get()
+            if isinstance(item, StopIteration):
+                return
+            if isinstance(item, BaseException):
+                raise item
+            result = self.results[item]
+            if result is not None:
+                yield result
+
+    def _set(self, index: int, result: Record) -> None:
+        self.results[index] = result
+        self.done.put(index)
+
+    def _parse(self, batch: list[_Fetched]) -> None:
+        for index, entry, prefix in batch:
+            self._set(index, parse_dalle(self.storage, entry, prefix, self.listing.sidecars_of(entry)))
+
+    async def _fetch(self, pending: Iterator[tuple[int, FileEntry]], fetched: asyncio.Queue[_Fetched | None]) -> None:
+        for index, entry in pending:
+            skipped = skip_unread(entry)
+            if skipped is not None:
+                self._set(index, skipped)
+                continue
+            try:
+                prefix, entry = await self.reads.read_start(entry, self.options.header_bytes)
+            except ReadError as exc:
+                self._set(index, unreadable(entry, exc))
+            else:
+                await fetched.put((index, entry, prefix))
+
+    async def _dispatch(self, fetched: asyncio.Queue[_Fetched | None], parsing: ThreadPoolExecutor) -> None:
+        running = asyncio.get_running_loop()
+        last = False
+        while not last:
+            item = await fetched.get()
+            batch: list[_Fetched] = []
+            while item is not None:
+                batch.append(item)
+                if len(batch) == PARSE_BATCH or fetched.empty():
+                    break
+                item = fetched.get_nowait()
+            last = item is None
+            if batch:
+                await running.run_in_executor(parsing, self._parse, batch)
+
+    async def _run_all(self, entries: list[FileEntry]) -> None:
+        fetched: asyncio.Queue[_Fetched | None] = asyncio.Queue(maxsize=PARSE_AHEAD)
+        pending = iter(enumerate(entries))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="parse", initializer=parsing_thread) as parsing:
+            dispatcher = asyncio.ensure_future(self._dispatch(fetched, parsing))
+            try:
+                await asyncio.gather(*(self._fetch(pending, fetched)
+                                       for _ in range(min(self.options.concurrency, len(entries)))))
+            finally:
+                await fetched.put(None)
+                await dispatcher
+
+
+def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
+                 wrap: Wrap[Record] = no_progress) -> ScanResult:
+    """List a storage, reuse unchanged dalles, read the others, and record the result.
+
+    Raises `StorageUnreachable` when the storage cannot be listed; its scan is then recorded as
+    failed and its previous records, the last good result, are kept.
+    """
+    started = time.perf_counter()
+    storage_key = catalog.storage_id(engine, storage.url)
+    scan = scans.start_scan(engine, storage_key)
+    try:
+        listing = Listing.of(storage.list_files())
+    except StorageUnreachable as exc:
+        scans.fail_scan(engine, scan, str(exc))
+        raise
+    scans.update_scan(engine, scan, step="reading", listed=len(listing.files))
+    previous = {} if options.full else {r.path: r for r in records.load_records(engine, storage_key)}
+    kept, to_read = split_reusable(storage, listing.candidates, previous, options.concurrency)
+    read = read_all(storage, listing, to_read, options, wrap)
+    results = sorted([*kept, *place_proprietary(storage, listing, read)], key=lambda r: r.path)
+    result = ScanResult(
+        source=storage.url,
+        listed_files=len(listing.files),
+        dalles=[r for r in results if isinstance(r, Dalle)],
+        problems=[r for r in results if isinstance(r, DalleProblem)],
+        reused=len(kept),
+    )
+    result.duration_s = time.perf_counter() - started
+    scans.finish_scan(engine, storage_key, scan, result.dalles, result.problems, {
+        "listed": result.listed_files, "read": len(to_read), "reused": result.reused,
+        "skipped": len(result.problems), "duration_s": round(result.duration_s, 3)},
+        unchanged={r.path for r in kept})
+    log.info("scan done", extra={"storage": storage.url, "dalles": len(result.dalles),
+                                 "skipped": len(result.problems), "reused": result.reused})
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class Indexed:
+    """What ``pcrs-indexer index`` did: the scan and the files it wrote."""
+
+    result: ScanResult
+    publication: Publication
+
+    def summary(self) -> dict[str, object]:
+        """The one-line JSON summary of the command."""
+        result = self.result
+        return {"source": result.source, "indexed": len(result.dalles), "reused": result.reused,
+                "skipped": len(result.problems), "duration_s": round(result.duration_s, 3),
+                "outputs": {name: str(path) for name, path in self.publication.paths.items()}}
+
+
+def index_livrable(settings: Settings, source: str, out: Path, projet_location: str | None = None,
+                   livrable_name: str | None = None, db_url: str | None = None, concurrency: int | None = None,
+                   full: bool = False, wrap: Wrap[Record] = no_progress) -> Indexed:
+    """Scan a livrable's storage and write its PCRS files into `out`: the one-machine job."""
+    projet: Projet | None = None
+    livrable: Livrable | None = None
+    if projet_location:
+        projet = load_projet(projet_location, settings.timeout_s)
+        livrable = select_livrable(projet, livrable_name, source)
+    concurrency = concurrency or settings.concurrency
+    storage = open_storage(source, replace(AccessOptions.from_settings(settings), connections=concurrency))
+    engine = create_store(db_url or settings.database_url())
+    try:
+        options = ScanOptions(concurrency=concurrency, header_bytes=settings.header_bytes, full=full)
+        with storage:
+            result = scan_storage(storage, engine, options, wrap)
+    finally:
+        engine.dispose()
+    publication = publish_outputs(out, result, projet, livrable, date.today())
+    return Indexed(result, publication)

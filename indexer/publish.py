@@ -1,0 +1,104 @@
+"""Publish a scan: its emprise and the files of the PCRS data API, one function for every job.
+
+`publish_outputs` is what ``pcrs-indexer index``, the service's finalisation and the benchmark
+write for one storage; `export_all` writes every published livrable of the store at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from shapely.geometry.base import BaseGeometry
+from sqlalchemy import Engine
+
+from indexer.emprise import compute_emprise
+from indexer.geojson import atomic_writer, dalle_features, livrable_feature, write_feature_collection
+from indexer.models import Dalle, ScanResult
+from indexer.projet import Livrable, Projet
+from indexer.store import queries, records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """The files written for one storage, and what they hold of its livrable."""
+
+    paths: dict[str, Path]
+    """``dalles``, ``livrables`` and ``report``: where each file is."""
+    emprise: BaseGeometry | None
+    feature: dict[str, Any]
+    """The livrable's feature of `livrables.geojson`."""
+    emprise_s: float
+    """Seconds computing the emprise."""
+
+
+def report(result: ScanResult) -> dict[str, Any]:
+    """The scan report: counts and every skipped file with its reason. Never a credential."""
+    return {
+        "source": result.source,
+        "listed_files": result.listed_files,
+        "raster_files": result.raster_files,
+        "indexed": len(result.dalles),
+        "reused": result.reused,
+        "skipped": [{"path": p.path, "reason": p.reason, "detail": p.detail}
+                    for p in sorted(result.problems, key=lambda p: p.path)],
+        "duration_s": round(result.duration_s, 3),
+    }
+
+
+def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrable: Livrable | None,
+                    today: date) -> Publication:
+    """Compute a scan's emprise and write its three files into `out`, each atomically."""
+    dalles = sorted(result.dalles, key=lambda d: d.path)
+    started = time.perf_counter()
+    emprise = compute_emprise(dalles)
+    emprise_s = time.perf_counter() - started
+    feature = livrable_feature(dalles, emprise, projet, livrable, today)
+    paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson",
+             "report": out / "report.json"}
+    with atomic_writer(paths["dalles"]) as f:
+        write_feature_collection(f, dalle_features(dalles, projet, livrable))
+    with atomic_writer(paths["livrables"]) as f:
+        write_feature_collection(f, [feature])
+    with atomic_writer(paths["report"]) as f:
+        json.dump(report(result), f, ensure_ascii=False, indent=2)
+        f.write("\n")
+    return Publication(paths, emprise, feature, emprise_s)
+
+
+def _valid_dalles(engine: Engine, storage: int) -> Iterator[Dalle]:
+    for record in records.load_records(engine, storage):
+        if isinstance(record, Dalle):
+            yield record
+
+
+def export_all(engine: Engine, out: Path) -> dict[str, Any]:
+    """Write ``dalles.geojson`` and ``livrables.geojson`` of every published livrable into `out`.
+
+    Livrables are taken by storage id, dalles by path within each: the two files hold what each
+    storage's own published files hold, in one FeatureCollection each. Streamed: only one row is
+    held at a time, whatever the number of dalles.
+    """
+    published = queries.published(engine)
+
+    def features() -> Iterator[dict[str, Any]]:
+        for storage, document, nom, _feature in published:
+            projet = Projet.model_validate(document)
+            livrable: Livrable | None = next((liv for liv in projet.livrables if liv.nom == nom), None)
+            yield from dalle_features(_valid_dalles(engine, storage), projet, livrable)
+
+    paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson"}
+    with atomic_writer(paths["dalles"]) as f:
+        dalles = write_feature_collection(f, features())
+    with atomic_writer(paths["livrables"]) as f:
+        livrables = write_feature_collection(f, (feature for *_, feature in published))
+    log.info("exported", extra={"livrables": livrables, "dalles": dalles})
+    return {"livrables": livrables, "dalles": dalles, "outputs": {k: str(v) for k, v in paths.items()}}

@@ -1,0 +1,122 @@
+"""The rules every remote listing follows, whatever the transport, and the level-by-level crawl.
+
+Folders are visited breadth first. A folder whose listing repeats one of its ancestors' is a
+link looping back up (a symbolic link to ``..``): it is skipped. Going deeper than `max_depth`
+folders or past `max_entries` files ends the listing with `ListingLimitReached` rather than a
+crawl without end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from indexer.errors import ForbiddenAddress, ListingLimitReached, ReadError, StorageUnreachable
+from indexer.models import FileEntry
+
+log = logging.getLogger(__name__)
+
+LISTING_CONCURRENCY = 4
+"""Folders listed at once from one server (HTTP pages, SFTP channels of one connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    """One entry of a folder as a remote listing shows it."""
+
+    name: str
+    is_dir: bool
+    size: int | None = None
+    mtime: str | None = None
+    etag: str | None = None
+    ref: str | None = None
+    """How the transport addresses it when that is not derived from the path (a listing's href)."""
+
+
+class Crawl:
+    """The files found so far in a crawl below `url`, and its rules (see the module's docstring)."""
+
+    def __init__(self, url: str, max_depth: int, max_entries: int) -> None:
+        self.url = url
+        self.max_depth = max_depth
+        self.max_entries = max_entries
+        self.entries: list[FileEntry] = []
+        self.refs: dict[str, str] = {}
+        self._prints: dict[str, int] = {}
+
+    def visit(self, folder: str, children: list[Child]) -> list[tuple[str, Child]]:
+        """Record the files of `folder` ('' for the root, else ending in '/'); its sub-folders to visit.
+
+        Returns (path, child) pairs, the path ending in '/'.
+        """
+        depth = folder.count("/")
+        fingerprint = hash(tuple(sorted((c.name, c.is_dir, c.size, c.mtime) for c in children)))
+        ancestor = folder
+        while ancestor:
+            ancestor = ancestor[: ancestor.rstrip("/").rfind("/") + 1]
+            if self._prints.get(ancestor) == fingerprint:
+                log.warning("folder skipped: it repeats an ancestor (a link looping back up)",
+                            extra={"storage": self.url, "folder": folder})
+                return []
+        self._prints[folder] = fingerprint
+        folders = []
+        for child in sorted(children, key=lambda c: c.name):
+            path = folder + child.name
+            if child.is_dir:
+                if depth >= self.max_depth:
+                    raise ListingLimitReached(f"cannot list {self.url}: {path}/ is more than {self.max_depth} "
+                                              "folder levels deep (the max_depth setting)")
+                folders.append((path + "/", child))
+                continue
+            self.entries.append(FileEntry(path, child.size, child.mtime, child.etag))
+            if child.ref is not None:
+                self.refs[path] = child.ref
+            if len(self.entries) > self.max_entries:
+                raise ListingLimitReached(f"cannot list {self.url}: more than {self.max_entries} files "
+                                          "(the max_entries setting)")
+        return folders
+
+    def result(self) -> list[FileEntry]:
+        """The files found, sorted by path."""
+        return sorted(self.entries, key=lambda e: e.path)
+
+
+def listing_failure(url: str, where: str, exc: BaseException) -> BaseException:
+    """The error ending a listing that failed at `where` ('' for the root), one line naming the cause.
+
+    `exc` is a `ReadError`, a `FileNotFoundError` (its message, if any, says how the server put it)
+    or a `ForbiddenAddress`; anything else is returned as is.
+    """
+    prefix = f"cannot list {url}: {where}: " if where else f"cannot list {url}: "
+    if isinstance(exc, ForbiddenAddress):
+        return ForbiddenAddress(f"cannot list {url}: {exc}")
+    if isinstance(exc, ReadError):
+        return StorageUnreachable(prefix + exc.detail)
+    if isinstance(exc, FileNotFoundError):
+        return StorageUnreachable(prefix + (f"not found ({exc})" if str(exc) else "not found"))
+    return exc
+
+
+def crawl_in_threads(crawl: Crawl, list_folder: Callable[[str], list[Child]], workers: int) -> list[FileEntry]:
+    """Crawl level by level, listing up to `workers` folders of a level at once with `list_folder`.
+
+    `list_folder` takes a folder ('' for the root, else ending in '/') and raises what
+    `listing_failure` describes; the first failure ends the listing.
+    """
+    level = [""]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="list") as pool:
+        while level:
+            futures = [pool.submit(list_folder, folder) for folder in level]
+            next_level = []
+            for folder, future in zip(level, futures, strict=True):
+                try:
+                    children = future.result()
+                except (ReadError, FileNotFoundError, ForbiddenAddress) as exc:
+                    for pending in futures:
+                        pending.cancel()
+                    raise listing_failure(crawl.url, folder, exc) from None
+                next_level += [path for path, _ in crawl.visit(folder, children)]
+            level = next_level
+    return crawl.result()

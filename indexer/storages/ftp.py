@@ -1,0 +1,372 @@
+"""FTP and FTPS (explicit TLS) storages, on Python's ftplib, made for a crawler.
+
+What a plain FTP client lacks, and `FTPConnection` adds:
+
+- the address check (`indexer.addresses`) before connecting, and data connections to that same
+  checked address whatever PASV says;
+- explicit TLS with the data connections reusing the control connection's TLS session, which
+  ProFTPD and vsftpd require by default, and a CA file for self-signed servers;
+- MLSD when the server's FEAT advertises it, else LIST, whose Unix and DOS/IIS lines are parsed
+  by `indexer.storages.ftp_listing`; no listing cache, and transient errors left to the caller to retry;
+- a header read that costs one RETR (after REST for an offset), aborted by closing the data
+  connection as soon as the needed bytes arrived, on a connection that stays logged in.
+
+`FTPStorage` keeps a small pool of such logged-in connections, at most ``ftp_max_connections``
+(default 2, as public servers refuse more): one login per connection for the whole scan, never
+one per read. A server refusing a connection because of its own cap shrinks the pool to the
+connections it has.
+"""
+
+from __future__ import annotations
+
+import ftplib
+import logging
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+from indexer.errors import ForbiddenAddress, ReadError
+from indexer.models import FileEntry
+from indexer.storages.access import AccessOptions, Failure, RetryPolicy, describe_os_error, mask_url, retry_sync
+from indexer.storages.addresses import AddressPolicy
+from indexer.storages.base import Storage
+from indexer.storages.crawl import Child, Crawl, crawl_in_threads
+from indexer.storages.ftp_listing import mlsd_child, parse_list_line
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_ABORTED_REPLIES = ("426", "450", "451")
+"""Replies a server may give to a RETR whose data connection the client closed early."""
+_SERVER_FULL = re.compile(r"too many|maximum number of|max(imum)? (clients|connections|users)", re.IGNORECASE)
+"""How servers word a refusal because they have too many connections (vsftpd 421, ProFTPD 530)."""
+
+
+def classify_ftp(exc: BaseException) -> Failure:
+    """Transient: 4xx replies (421 included), timeouts, refused, reset or closed connections."""
+    if isinstance(exc, ftplib.error_temp):
+        return Failure(True, f"FTP {exc}")
+    if isinstance(exc, ftplib.error_perm):
+        # ProFTPD answers 530 to a login beyond its connection cap: that one is worth waiting for.
+        return Failure(_SERVER_FULL.search(str(exc)) is not None, f"FTP {exc}")
+    if isinstance(exc, ftplib.error_reply | ftplib.error_proto):
+        return Failure(True, f"unexpected FTP reply {exc}")
+    if isinstance(exc, EOFError):
+        return Failure(True, "the server closed the connection")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(False, f"TLS certificate not trusted: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return Failure(False, f"TLS error: {exc.reason or exc}")
+    if isinstance(exc, TimeoutError):
+        return Failure(True, "timed out")
+    if isinstance(exc, OSError):
+        return Failure(True, describe_os_error(exc))
+    return Failure(False, str(exc) or type(exc).__name__)
+
+
+def _broken(exc: BaseException) -> bool:
+    """Whether the connection that raised `exc` cannot be used again."""
+    if isinstance(exc, ftplib.error_temp):
+        return str(exc).startswith("421")
+    if isinstance(exc, ftplib.error_perm):
+        return False
+    return True
+
+
+class _TLSSessionReuse(ftplib.FTP_TLS):
+    """Explicit FTPS whose data connections resume the control connection's TLS session."""
+
+    def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
+        conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:  # type: ignore[attr-defined]
+            session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
+            conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
+        return conn, size
+
+
+@dataclass(frozen=True, slots=True)
+class FTPServer:
+    """Where and how to log in."""
+
+    host: str
+    port: int = 21
+    username: str = ""
+    password: str = field(default="", repr=False)
+    tls: bool = False
+    timeout_s: float = 30.0
+    addresses: AddressPolicy = field(default_factory=AddressPolicy)
+    ssl_context: ssl.SSLContext | None = None
+
+
+class FTPConnection:
+    """One logged-in FTP or FTPS connection (see the module's docstring for what it adds)."""
+
+    def __init__(self, server: FTPServer) -> None:
+        self.server = server
+        self.use_mlsd = False
+        self._binary = False
+        self._connect()
+
+    def _connect(self) -> None:
+        server = self.server
+        ftp: ftplib.FTP
+        if server.tls:
+            ftp = _TLSSessionReuse(context=server.ssl_context or ssl.create_default_context(),
+                                   timeout=server.timeout_s, encoding="utf-8")
+        else:
+            ftp = ftplib.FTP(timeout=server.timeout_s, encoding="utf-8")
+        self.ftp = ftp
+        address = server.addresses.resolve(server.host, server.port)[0]
+        try:
+            ftp.connect(address, server.port)
+            ftp.host = server.host  # the certificate names the host, not its address
+            ftp.set_pasv(True)  # data connections go to the checked address, whatever PASV answers
+            ftp.login(server.username, server.password)
+            try:
+                features = ftp.sendcmd("FEAT").upper()
+            except ftplib.error_perm:
+                features = ""
+            if isinstance(ftp, ftplib.FTP_TLS):
+                ftp.prot_p()  # data connections in TLS too, as servers require by default
+        except BaseException:
+            ftp.close()
+            raise
+        self._binary = False
+        self.use_mlsd = "MLST" in features
+        if "UTF8" in features:
+            with suppress(ftplib.error_perm):
+                ftp.sendcmd("OPTS UTF8 ON")
+
+    def ls(self, path: str) -> list[Child]:
+        """A folder's entries, never cached: MLSD, or LIST when the server lacks it.
+
+        Raises `FileNotFoundError` for a missing folder (550); other errors pass through.
+        """
+        try:
+            return self._list(path.rstrip("/") or "/")
+        except ftplib.error_perm as exc:
+            if str(exc).startswith("550"):
+                raise FileNotFoundError(f"FTP {exc}") from exc
+            raise
+
+    def _list(self, path: str) -> list[Child]:
+        self._binary = False  # ftplib lists in ASCII mode (TYPE A)
+        if self.use_mlsd:
+            try:
+                return [child for name, facts in self.ftp.mlsd(path)
+                        if (child := mlsd_child(name, facts)) is not None]
+            except ftplib.error_perm as exc:
+                if not str(exc).startswith(("500", "501", "502", "504")):
+                    raise
+                self.use_mlsd = False
+        # LIST's arguments are not portable (options, globbing, spaces): list the current folder.
+        self.ftp.cwd(path)
+        lines: list[str] = []
+        self.ftp.retrlines("LIST", lines.append)
+        now = datetime.now()
+        return [child for line in lines if (child := parse_list_line(line, now)) is not None]
+
+    def _ensure_binary(self) -> None:
+        """TYPE I once, and again only after a listing switched to ASCII: REST and SIZE need it."""
+        if not self._binary:
+            self.ftp.voidcmd("TYPE I")
+            self._binary = True
+
+    def size(self, path: str) -> int:
+        """The file's size, by the SIZE command."""
+        self._ensure_binary()
+        size = self.ftp.size(path)
+        if size is None:
+            raise ftplib.error_perm(f"550 no size for {path}")
+        return int(size)
+
+    def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Bytes [start, end) of a file: REST when `start` > 0, then RETR aborted once they arrived.
+
+        The connection stays logged in: the data connection is closed early and the server's
+        "transfer aborted" reply is read, so the next command finds the control channel clean.
+        """
+        start = start or 0
+        wanted = None if end is None else max(0, end - start)
+        chunks: list[bytes] = []
+        received = 0
+        finished = False
+        self._ensure_binary()
+        conn = self.ftp.transfercmd(f"RETR {path}", rest=start or None)
+        try:
+            while wanted is None or received < wanted:
+                block = conn.recv(65536 if wanted is None else min(65536, wanted - received))
+                if not block:
+                    finished = True
+                    break
+                chunks.append(block)
+                received += len(block)
+        finally:
+            conn.close()
+        try:
+            self.ftp.voidresp()
+        except ftplib.error_temp as exc:
+            if finished or not str(exc).startswith(_ABORTED_REPLIES):
+                raise
+        return b"".join(chunks)
+
+    def quit(self) -> None:
+        """Say goodbye politely, then close."""
+        try:
+            self.ftp.quit()
+        except (ftplib.Error, OSError, EOFError):
+            self.ftp.close()
+
+
+class ConnectionPool:
+    """At most `limit` logged-in connections, each used by one thread at a time, reused by all.
+
+    A connection that failed at the socket or protocol level is closed and replaced on demand.
+    When the server refuses a new connection because it is full while this pool already holds
+    some, the pool shrinks to what it holds instead of failing.
+    """
+
+    def __init__(self, connect: Callable[[], FTPConnection], limit: int) -> None:
+        self._connect = connect
+        self.limit = limit
+        self._idle: list[FTPConnection] = []
+        self._open = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def connection(self) -> Iterator[FTPConnection]:
+        """A logged-in connection for the duration of the block."""
+        conn = self._acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            if _broken(exc):
+                self._discard(conn)
+            else:
+                self._release(conn)
+            raise
+        self._release(conn)
+
+    def _acquire(self) -> FTPConnection:
+        while True:
+            with self._cond:
+                while not self._idle and self._open >= self.limit:
+                    self._cond.wait()
+                if self._idle:
+                    return self._idle.pop()
+                self._open += 1
+            try:
+                return self._connect()
+            except ftplib.Error as exc:
+                with self._cond:
+                    self._open -= 1
+                    full = str(exc)[:1] in "45" and _SERVER_FULL.search(str(exc)) is not None
+                    if full and self._open > 0:
+                        self.limit = self._open
+                        log.warning("FTP server full: using fewer connections", extra={"connections": self._open})
+                        continue
+                    self._cond.notify()
+                raise
+            except BaseException:
+                with self._cond:
+                    self._open -= 1
+                    self._cond.notify()
+                raise
+
+    def _release(self, conn: FTPConnection) -> None:
+        with self._cond:
+            self._idle.append(conn)
+            self._cond.notify()
+
+    def _discard(self, conn: FTPConnection) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify()
+        conn.ftp.close()
+
+    def close(self) -> None:
+        """Log out of the idle connections; the pool connects again when asked for one."""
+        with self._cond:
+            idle, self._idle = self._idle, []
+            self._open -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            conn.quit()
+
+
+class FTPStorage(Storage):
+    """A livrable on an FTP or FTPS server, read through a small pool of logged-in connections."""
+
+    def __init__(self, server: FTPServer, root: str, url: str, policy: RetryPolicy, max_connections: int = 2,
+                 max_depth: int = 32, max_entries: int = 2_000_000) -> None:
+        self.server = server
+        self.root = "/" + root.strip("/") if root.strip("/") else ""
+        self.url = mask_url(url)
+        self.policy = policy
+        self.max_depth = max_depth
+        self.max_entries = max_entries
+        self.pool = ConnectionPool(lambda: FTPConnection(server), max_connections)
+
+    @classmethod
+    def from_url(cls, url: str, options: AccessOptions) -> FTPStorage:
+        """The storage of an ``ftp://[user[:password]@]host[:port]/path`` or ``ftps://…`` URL."""
+        parts = urlsplit(url)
+        tls = parts.scheme.lower() == "ftps"
+        server = FTPServer(
+            host=parts.hostname or "", port=parts.port or 21, username=unquote(parts.username or ""),
+            password=unquote(parts.password or ""), tls=tls, timeout_s=options.retry.timeout_s,
+            addresses=options.addresses, ssl_context=options.ssl_context() if tls else None)
+        return cls(server, unquote(parts.path), url, options.retry, options.ftp_max_connections,
+                   options.max_depth, options.max_entries)
+
+    def _full(self, path: str) -> str:
+        return f"{self.root}/{path}"
+
+    def _call(self, what: str, operation: Callable[[FTPConnection], T]) -> T:
+        def attempt() -> T:
+            with self.pool.connection() as conn:
+                return operation(conn)
+
+        return retry_sync(self.policy, what, attempt, classify_ftp)
+
+    def list_files(self) -> list[FileEntry]:
+        """List the folders level by level, as many at once as the pool has connections."""
+        return crawl_in_threads(Crawl(self.url, self.max_depth, self.max_entries), self._list_folder, self.pool.limit)
+
+    def _list_folder(self, folder: str) -> list[Child]:
+        path = self._full(folder.rstrip("/")) if folder else (self.root or "/")
+        return self._call(folder or "/", lambda conn: conn.ls(path))
+
+    def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """One RETR, aborted after `length` bytes; the size comes from the listing (else SIZE)."""
+        full = self._full(entry.path)
+
+        def read(conn: FTPConnection) -> tuple[bytes, FileEntry]:
+            size = entry.size if entry.size is not None else conn.size(full)
+            data = conn.cat_file(full, 0, min(length, size)) if size else b""
+            return data, replace(entry, size=size)
+
+        return self._read(entry.path, read)
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """REST `start`, then RETR aborted after ``end - start`` bytes."""
+        full = self._full(path)
+        return self._read(path, lambda conn: conn.cat_file(full, start, end))
+
+    def _read(self, path: str, operation: Callable[[FTPConnection], T]) -> T:
+        try:
+            return self._call(path, operation)
+        except (FileNotFoundError, ForbiddenAddress) as exc:
+            raise ReadError(path, str(exc)) from exc
+
+    def close(self) -> None:
+        """Log out of every idle connection."""
+        self.pool.close()

@@ -1,0 +1,328 @@
+"""Files published behind an HTTP server's directory listings (nginx, Apache, lighttpd, IIS…).
+
+Listing pages are crawled breadth-first, a few folders of one level fetched at once, and parsed
+by `indexer.storages.html_listing`; size and modification time are taken from the listing when
+it shows them. A dalle's header costs one ranged GET, whose ``Content-Range`` also gives the
+size when the listing did not; `stat` costs a HEAD, for change detection only.
+
+One aiohttp session per storage, on fsspec's IO loop, serves every request; header reads are
+also offered as coroutines on that loop (`async_reads`). Every address connected to is checked
+by the address policy through aiohttp's public hooks: the resolver for names, the socket
+factory for every connection (IP literals and redirects included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+import socket
+import ssl
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from fsspec.asyn import get_loop, sync
+
+from indexer.errors import ForbiddenAddress, ReadError
+from indexer.models import FileEntry
+from indexer.storages.access import (
+    AccessOptions,
+    Failure,
+    RetryPolicy,
+    describe_os_error,
+    mask_url,
+    retry_after_s,
+    retry_async,
+)
+from indexer.storages.addresses import AddressPolicy
+from indexer.storages.base import AsyncReads, Storage
+from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, listing_failure
+from indexer.storages.html_listing import parse_listing
+
+T = TypeVar("T")
+
+_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
+
+
+def classify_http(exc: BaseException) -> Failure:
+    """Transient: HTTP 429 and 5xx, timeouts, refused or reset connections."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        transient = exc.status == 429 or exc.status >= 500
+        retry_after = retry_after_s(exc.headers.get("Retry-After")) if exc.headers else None
+        return Failure(transient, f"HTTP {exc.status} {exc.message}".strip(), retry_after)
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return Failure(True, "timed out")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return Failure(True, describe_os_error(exc.os_error))
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return Failure(True, "the server closed the connection")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return Failure(True, "the response was cut short")
+    if isinstance(exc, aiohttp.ClientOSError | ConnectionError):
+        return Failure(True, describe_os_error(exc))
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return Failure(False, "too many redirects")
+    return Failure(False, str(exc) or type(exc).__name__)
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's default resolver, every address it returns checked by the address policy."""
+
+    def __init__(self, addresses: AddressPolicy) -> None:
+        self._addresses = addresses
+        self._inner = DefaultResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        """Resolve `host`; raises `ForbiddenAddress` when one of its addresses is refused."""
+        results = await self._inner.resolve(host, port, family)
+        for result in results:
+            self._addresses.check(host, result["host"])
+        return results
+
+    async def close(self) -> None:
+        """Close the default resolver."""
+        await self._inner.close()
+
+
+def guarded_socket_factory(addresses: AddressPolicy) -> Callable[[Any], socket.socket]:
+    """A socket factory for aiohttp that refuses to connect to an address the policy refuses."""
+
+    def make(addr_info: Any) -> socket.socket:
+        family, kind, proto, _, address = addr_info
+        addresses.check(str(address[0]), str(address[0]))
+        return socket.socket(family=family, type=kind, proto=proto)
+
+    return make
+
+
+def _http_last_modified(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).astimezone(UTC).replace(tzinfo=None).isoformat()
+    except (TypeError, ValueError):
+        return None
+
+
+class HTTPListingStorage(Storage):
+    """A livrable behind an HTTP server's directory listings (see the module's docstring)."""
+
+    def __init__(
+        self,
+        url: str,
+        policy: RetryPolicy,
+        user_agent: str,
+        max_depth: int = 32,
+        max_entries: int = 2_000_000,
+        addresses: AddressPolicy | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        connections: int = 32,
+    ) -> None:
+        self.root_url = url if url.endswith("/") else url + "/"
+        self.connections = connections
+        self.url = mask_url(self.root_url)
+        self.policy = policy
+        self.user_agent = user_agent
+        self.max_depth = max_depth
+        self.max_entries = max_entries
+        self.addresses = addresses or AddressPolicy()
+        self._ssl = ssl_context
+        self._refs: dict[str, str] = {}
+        self.loop: asyncio.AbstractEventLoop = get_loop()
+        self._client: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_url(cls, url: str, options: AccessOptions) -> HTTPListingStorage:
+        """The storage of an ``http(s)://`` listing URL."""
+        https = url.lower().startswith("https:")
+        return cls(url, options.retry, options.user_agent, options.max_depth, options.max_entries,
+                   options.addresses, options.ssl_context() if https else None, options.connections)
+
+    async def _session(self) -> aiohttp.ClientSession:
+        """The storage's session, made on first use on `loop` (no await between test and set)."""
+        if self._client is None or self._client.closed:
+            connector = aiohttp.TCPConnector(
+                limit_per_host=self.connections, ssl=self._ssl or True,
+                resolver=GuardedResolver(self.addresses), socket_factory=guarded_socket_factory(self.addresses))
+            timeout = aiohttp.ClientTimeout(total=None, connect=self.policy.timeout_s,
+                                            sock_read=self.policy.timeout_s)
+            self._client = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                                 headers={"User-Agent": self.user_agent})
+            # A storage dropped without `close` still closes its session, on the loop.
+            weakref.finalize(self, _close_later, self.loop, self._client)
+        return self._client
+
+    def _file_url(self, path: str) -> str:
+        return self._refs.get(path) or self.root_url + quote(path, safe="/")
+
+    def list_files(self) -> list[FileEntry]:
+        """Crawl the listing pages below the root."""
+        return sync(self.loop, self._crawl)  # type: ignore[no-any-return]
+
+    async def _page(self, url: str) -> str:
+        session = await self._session()
+
+        async def get() -> str:
+            async with session.get(url) as response:
+                if response.status == 404:
+                    raise FileNotFoundError(mask_url(url))
+                response.raise_for_status()
+                return await response.text(errors="replace")
+
+        return await retry_async(self.policy, mask_url(url), get, classify_http)
+
+    async def _crawl(self) -> list[FileEntry]:
+        crawl = Crawl(self.url, self.max_depth, self.max_entries)
+        level = [("", self.root_url)]
+        slots = asyncio.Semaphore(LISTING_CONCURRENCY)
+
+        async def fetch(url: str) -> str:
+            async with slots:
+                return await self._page(url)
+
+        while level:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(fetch(url)) for _, url in level]
+            except BaseExceptionGroup as failures:
+                raise self._unlistable(failures.exceptions[0]) from None
+            next_level = []
+            for (folder, page_url), task in zip(level, tasks, strict=True):
+                children = [Child(link.name, link.is_dir, link.size, link.mtime, ref=link.url)
+                            for link in parse_listing(task.result(), page_url)]
+                next_level += [(path, child.ref or "") for path, child in crawl.visit(folder, children)]
+            level = next_level
+        self._refs = crawl.refs
+        return crawl.result()
+
+    def _unlistable(self, exc: BaseException) -> BaseException:
+        """The error ending a listing whose page failed, naming the page unless it is the root."""
+        if isinstance(exc, FileNotFoundError):  # its message is the page's URL
+            page = str(exc)
+            return listing_failure(self.url, "" if page == self.url else page, FileNotFoundError("HTTP 404"))
+        if isinstance(exc, ReadError):
+            return listing_failure(self.url, "" if exc.what == self.url else exc.what, exc)
+        return listing_failure(self.url, "", exc)
+
+    def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """One ranged GET, whose headers complete the entry as a HEAD would (see `stat`)."""
+        return sync(self.loop, self._read_start, entry, length)  # type: ignore[no-any-return]
+
+    def async_reads(self) -> AsyncReads:
+        """Ranged GETs as coroutines on `loop`, where the session lives."""
+        return _CoroutineReads(self)
+
+    async def _request(self, path: str, call: Callable[[aiohttp.ClientSession, str], Awaitable[T]]) -> T:
+        session = await self._session()
+        url = self._file_url(path)
+        try:
+            return await retry_async(self.policy, path, lambda: call(session, url), classify_http)
+        except FileNotFoundError as exc:
+            raise ReadError(path, "not found (HTTP 404)") from exc
+        except ForbiddenAddress as exc:
+            raise ReadError(path, str(exc)) from exc
+
+    async def _read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        async def get(session: aiohttp.ClientSession, url: str) -> tuple[bytes, FileEntry]:
+            async with session.get(url, headers={"Range": f"bytes=0-{length - 1}"}) as response:
+                if response.status == 416:  # empty file: no byte satisfies the range
+                    return b"", replace(entry, size=0)
+                if response.status == 404:
+                    raise FileNotFoundError(mask_url(url))
+                response.raise_for_status()
+                data = await response.content.read(length)
+                total = entry.size
+                match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+                if match:
+                    total = int(match.group(1))
+                elif response.status == 200 and response.content_length is not None:
+                    total = response.content_length
+                if total is None:
+                    total = len(data)
+                return data, self._completed(entry, total, response.headers)
+
+        return await self._request(entry.path, get)
+
+    @staticmethod
+    def _completed(entry: FileEntry, size: int | None, headers: Any) -> FileEntry:
+        """The entry with what a response tells and the listing did not show."""
+        if entry.size is not None and (entry.mtime is not None or entry.etag is not None):
+            return entry if entry.size == size or size is None else replace(entry, size=size)
+        return FileEntry(
+            entry.path,
+            size if size is not None else entry.size,
+            entry.mtime or _http_last_modified(headers.get("Last-Modified")),
+            entry.etag or headers.get("ETag"),
+        )
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """A ranged GET."""
+        return sync(self.loop, self._read_range, path, start, end)  # type: ignore[no-any-return]
+
+    async def _read_range(self, path: str, start: int, end: int) -> bytes:
+        async def get(session: aiohttp.ClientSession, url: str) -> bytes:
+            async with session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as response:
+                if response.status == 404:
+                    raise FileNotFoundError(mask_url(url))
+                response.raise_for_status()
+                if response.status == 200:  # the server ignored the range
+                    body = await response.read()
+                    return body[start:end]
+                return await response.read()
+
+        return await self._request(path, get)
+
+    def stat(self, entry: FileEntry) -> FileEntry:
+        """A HEAD when the listing showed no exact size or no date; else the entry unchanged.
+
+        Only what the listing lacks is filled in, so a date stays in the listing's form.
+        """
+        if entry.size is not None and (entry.mtime is not None or entry.etag is not None):
+            return entry
+        return sync(self.loop, self._stat, entry)  # type: ignore[no-any-return]
+
+    async def _stat(self, entry: FileEntry) -> FileEntry:
+        async def head(session: aiohttp.ClientSession, url: str) -> FileEntry:
+            async with session.head(url, allow_redirects=True) as response:
+                if response.status == 404:
+                    raise FileNotFoundError(mask_url(url))
+                response.raise_for_status()
+                return self._completed(entry, response.content_length, response.headers)
+
+        return await self._request(entry.path, head)
+
+    def close(self) -> None:
+        """Close the HTTP session."""
+        client, self._client = self._client, None
+        if client is not None and not client.closed:
+            sync(self.loop, client.close)
+
+
+def _close_later(loop: asyncio.AbstractEventLoop, client: aiohttp.ClientSession) -> None:
+    """Close a session on its loop without waiting, from any thread (a finalizer's)."""
+    if not client.closed and not loop.is_closed():
+        asyncio.run_coroutine_threadsafe(client.close(), loop)
+
+
+class _CoroutineReads:
+    """`HTTPListingStorage`'s header reads as coroutines on its loop."""
+
+    def __init__(self, storage: HTTPListingStorage) -> None:
+        self._storage = storage
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """fsspec's IO loop, where the storage's session lives."""
+        return self._storage.loop
+
+    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """One ranged GET."""
+        return await self._storage._read_start(entry, length)

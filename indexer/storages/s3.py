@@ -1,0 +1,221 @@
+"""S3 storages (AWS or S3-compatible: OVH, Scaleway, MinIO…), through s3fs.
+
+``s3://bucket/prefix``, with ``?endpoint_url=…&region=…`` or the ``s3_endpoint_url`` and
+``s3_region`` settings for an S3-compatible store. Keys come from the usual AWS environment
+variables, shared credentials and config files; without any, requests are anonymous (unsigned),
+as public buckets expect. The instance metadata service (169.254.169.254) is never asked: a
+crawler must not reach it.
+
+A listing is one paginated ListObjectsV2 over the prefix; a header read is one ranged GetObject.
+Retries are this module's, s3fs's and botocore's own being turned off so the bound holds.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
+
+import botocore.exceptions
+import botocore.session
+from fsspec.asyn import FSTimeoutError, sync
+from s3fs import S3FileSystem
+
+from indexer.errors import ForbiddenAddress, InvalidSource, ListingLimitReached, ReadError, StorageUnreachable
+from indexer.models import FileEntry
+from indexer.storages import s3fs_adapter
+from indexer.storages.access import AccessOptions, Failure, RetryPolicy, mask_url, retry_sync
+from indexer.storages.addresses import AddressPolicy
+from indexer.storages.base import Storage
+from indexer.storages.crawl import listing_failure
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_TRANSIENT_ERRNOS = (errno.EBUSY, errno.EAGAIN, getattr(errno, "EREMOTEIO", errno.EIO))
+_TRANSIENT_BOTOCORE = (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError,
+                       botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectionClosedError)
+
+
+def classify_s3(exc: BaseException) -> Failure:
+    """Transient: 5xx and throttling replies, timeouts and connection errors; not: access denied."""
+    if isinstance(exc, PermissionError):
+        return Failure(False, f"access denied ({exc})" if str(exc) else "access denied")
+    if isinstance(exc, _TRANSIENT_BOTOCORE):
+        return Failure(True, "timed out" if "timeout" in type(exc).__name__.lower() else "cannot connect")
+    if isinstance(exc, FSTimeoutError | TimeoutError):
+        return Failure(True, "timed out")
+    if isinstance(exc, OSError):
+        return Failure(exc.errno in _TRANSIENT_ERRNOS, exc.strerror or str(exc))
+    if isinstance(exc, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return Failure(False, "incomplete AWS credentials")
+    return Failure(False, str(exc) or type(exc).__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """AWS keys, never shown."""
+
+    key: str = field(repr=False)
+    secret: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)
+
+
+def aws_credentials() -> Credentials | None:
+    """Keys from the AWS environment variables, shared files or configured profile; None without.
+
+    The instance-metadata provider is removed from botocore's chain, so nothing is asked of
+    169.254.169.254.
+    """
+    session = botocore.session.Session()
+    resolver = session.get_component("credential_provider")
+    resolver.remove("iam-role")
+    found = session.get_credentials()
+    if found is None:
+        return None
+    frozen = found.get_frozen_credentials()
+    if not frozen.access_key or not frozen.secret_key:
+        return None
+    return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+
+
+def aws_region() -> str | None:
+    """The region of the AWS environment or config, if any."""
+    region = botocore.session.Session().get_config_variable("region")
+    return str(region) if region else None
+
+
+class S3Storage(Storage):
+    """A livrable under a prefix of an S3 bucket."""
+
+    def __init__(self, bucket: str, prefix: str, policy: RetryPolicy, endpoint_url: str | None = None,
+                 region: str | None = None, addresses: AddressPolicy | None = None, max_depth: int = 32,
+                 max_entries: int = 2_000_000) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.policy = policy
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.addresses = addresses or AddressPolicy()
+        self.max_depth = max_depth
+        self.max_entries = max_entries
+        query = f"?{urlencode({'endpoint_url': endpoint_url}, safe=':/')}" if endpoint_url else ""
+        self.url = mask_url(f"s3://{bucket}/{self.prefix}{query}")
+        self._fs: S3FileSystem | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, options: AccessOptions) -> S3Storage:
+        """The storage of ``s3://bucket/prefix[?endpoint_url=…&region=…]``; settings fill what the URL lacks."""
+        parts = urlsplit(url)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"endpoint_url", "region"}
+        if unknown:
+            raise InvalidSource(f"{mask_url(url)}: unknown parameter {sorted(unknown)[0]!r} "
+                                "(use endpoint_url and region)")
+        return cls(parts.netloc, unquote(parts.path), options.retry,
+                   query.get("endpoint_url") or options.s3_endpoint_url,
+                   query.get("region") or options.s3_region, options.addresses, options.max_depth,
+                   options.max_entries)
+
+    def _filesystem(self) -> S3FileSystem:
+        with self._lock:
+            if self._fs is None:
+                if self.endpoint_url:
+                    endpoint = urlsplit(self.endpoint_url)
+                    if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+                        raise InvalidSource(f"{self.url}: the endpoint URL must be http(s)://host")
+                    self.addresses.resolve(endpoint.hostname,
+                                           endpoint.port or (443 if endpoint.scheme == "https" else 80))
+                credentials = aws_credentials()
+                timeout = self.policy.timeout_s
+                client_kwargs: dict[str, Any] = {"region_name": self.region or aws_region() or "us-east-1"}
+                if self.endpoint_url:
+                    client_kwargs["endpoint_url"] = self.endpoint_url
+                fs = S3FileSystem(
+                    anon=credentials is None,
+                    key=credentials.key if credentials else None,
+                    secret=credentials.secret if credentials else None,
+                    token=credentials.token if credentials else None,
+                    client_kwargs=client_kwargs,
+                    config_kwargs={"connect_timeout": timeout, "read_timeout": timeout,
+                                   "retries": {"max_attempts": 1, "mode": "standard"}},
+                    skip_instance_cache=True, use_listings_cache=False)
+                fs.retries = 1  # one attempt per call: retry_sync does the retrying
+                self._fs = fs
+            return self._fs
+
+    def _call(self, what: str, operation: Callable[[S3FileSystem], T]) -> T:
+        return retry_sync(self.policy, what, lambda: operation(self._filesystem()), classify_s3)
+
+    def _sync(self, fs: S3FileSystem, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return sync(fs.loop, method, *args, timeout=self.policy.timeout_s, **kwargs)
+
+    def list_files(self) -> list[FileEntry]:
+        """Every object under the prefix, one paginated listing. No object at all is "not found"."""
+        try:
+            objects = self._call(self.url, lambda fs: self._sync(fs, self._list, fs))
+        except FileNotFoundError:
+            raise StorageUnreachable(f"cannot list {self.url}: no such bucket") from None
+        except (ReadError, ForbiddenAddress) as exc:
+            raise listing_failure(self.url, "", exc) from None
+        if not objects:
+            raise StorageUnreachable(f"cannot list {self.url}: not found (no object under this prefix)")
+        return sorted(objects, key=lambda e: e.path)
+
+    async def _list(self, fs: S3FileSystem) -> list[FileEntry]:
+        start = f"{self.prefix}/" if self.prefix else ""
+        entries = []
+        async for item in s3fs_adapter.iter_objects(fs, self.bucket, start):
+            key = item["Key"][len(self.bucket) + 1 + len(start):]
+            if item.get("type") != "file" or not key or key.endswith("/"):
+                continue
+            if key.count("/") > self.max_depth:
+                raise ListingLimitReached(f"cannot list {self.url}: {key.rsplit('/', 1)[0]}/ is more than "
+                                          f"{self.max_depth} folder levels deep (the max_depth setting)")
+            modified = item.get("LastModified")
+            etag = str(item.get("ETag") or "").strip('"') or None
+            entries.append(FileEntry(key, int(item["size"]), modified.isoformat() if modified else None, etag))
+            if len(entries) > self.max_entries:
+                raise ListingLimitReached(f"cannot list {self.url}: more than {self.max_entries} files "
+                                          "(the max_entries setting)")
+        return entries
+
+    def _key(self, path: str) -> str:
+        return f"{self.bucket}/{self.prefix}/{path}" if self.prefix else f"{self.bucket}/{path}"
+
+    def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """One ranged GetObject; the size comes from the listing."""
+        key = self._key(entry.path)
+
+        def read(fs: S3FileSystem) -> tuple[bytes, FileEntry]:
+            size = entry.size if entry.size is not None else int(self._sync(fs, fs._info, key)["size"])
+            data = self._sync(fs, fs._cat_file, key, start=0, end=min(length, size)) if size else b""
+            return data, replace(entry, size=size)
+
+        return self._read(entry.path, read)
+
+    def read_range(self, path: str, start: int, end: int) -> bytes:
+        """A ranged GetObject."""
+        key = self._key(path)
+        return self._read(path, lambda fs: self._sync(fs, fs._cat_file, key, start=start, end=end))  # type: ignore[no-any-return]
+
+    def _read(self, path: str, operation: Callable[[S3FileSystem], T]) -> T:
+        try:
+            return self._call(path, operation)
+        except FileNotFoundError as exc:
+            raise ReadError(path, "not found") from exc
+        except (ForbiddenAddress, InvalidSource) as exc:
+            raise ReadError(path, str(exc)) from exc
+
+    def close(self) -> None:
+        """Close the HTTP sessions of the S3 client."""
+        with self._lock:
+            fs, self._fs = self._fs, None
+        if fs is not None:
+            s3fs_adapter.close(fs, self.policy.timeout_s)

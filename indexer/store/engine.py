@@ -1,0 +1,114 @@
+"""The store's engine: SQLite by default, PostgreSQL for a fleet; its schema created or migrated.
+
+Also the few helpers every store module shares: the time, timestamps read back in UTC, the
+dialect's upsert, paths ordered as Python orders them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Table, create_engine, event, func, select
+from sqlalchemy.engine import CursorResult, make_url
+from sqlalchemy.sql.elements import ColumnElement
+
+from indexer.errors import ConfigError
+from indexer.store.schema import metadata
+
+MIGRATION_LOCK = 0x50435253  # "PCRS"
+ADOPTABLE = (("0002", "livrables"), ("0001", "storages"))
+"""Revisions a store created without Alembic is at, newest first, by a table the revision created."""
+
+
+def now() -> datetime:
+    """The current time, timezone-aware."""
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """A timestamp read back from the store, in UTC (SQLite returns naive ones)."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def create_store(url: str) -> Engine:
+    """An engine on the store, its tables created if missing (SQLite folder included)."""
+    parsed = make_url(url)
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True, pool_pre_ping=not parsed.drivername.startswith("sqlite"))
+    if parsed.drivername.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+        metadata.create_all(engine)
+    else:
+        migrate(engine)
+    return engine
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the store's schema to the latest Alembic revision (``indexer/store/migrations``).
+
+    Safe to run from many processes at once on PostgreSQL (an advisory lock serialises them). A
+    store whose tables were created without Alembic (``metadata.create_all``, as `create_store`
+    does for SQLite) is first stamped with the latest revision whose tables it has.
+    """
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    config = Config()
+    config.set_main_option("script_location", "indexer.store:migrations")
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
+        config.attributes["connection"] = conn
+        tables = set(inspect(conn).get_table_names())
+        if "alembic_version" not in tables:
+            adopted = next((revision for revision, table in ADOPTABLE if table in tables), None)
+            if adopted is not None:
+                command.stamp(config, adopted)
+        command.upgrade(config, "head")
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the store is at."""
+    with engine.connect() as conn:
+        revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    return None if revision is None else str(revision)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the row an INSERT of one row created."""
+    key = result.inserted_primary_key
+    if key is None:
+        raise RuntimeError("the insert returned no primary key")
+    return int(key[0])
+
+
+def upsert(conn: Connection, table: Table) -> Any:
+    """The dialect's INSERT, which has ``on_conflict_do_nothing`` and ``on_conflict_do_update``."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table)
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+    raise ConfigError(f"unsupported state store {conn.dialect.name!r}: use SQLite or PostgreSQL")
+
+
+def by_path(conn: Connection, column: ColumnElement[str]) -> ColumnElement[str]:
+    """A path column ordered by code point, as Python sorts, whatever the database's locale."""
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
