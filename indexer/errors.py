@@ -44,6 +44,20 @@ class ScanRunning(IndexerError):
     """A scan of the storage is already queued or running."""
 
 
+class NotFound(FileNotFoundError):
+    """The server says a file or folder does not exist.
+
+    Args:
+        how: how the server put it (``HTTP 404``, ``FTP 550 No such file``), '' when it said nothing more.
+        where: the path or masked URL asked for.
+    """
+
+    def __init__(self, how: str = "", where: str = "") -> None:
+        super().__init__(how)
+        self.how = how
+        self.where = where
+
+
 class ReadError(Exception):
     """A file or a listing page could not be read after retries. Per file: never fatal.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from indexer.errors import ForbiddenAddress, ListingLimitReached, ReadError, StorageUnreachable
+from indexer.errors import ForbiddenAddress, ListingLimitReached, NotFound, ReadError, StorageUnreachable
 from indexer.models import FileEntry
 
 log = logging.getLogger(__name__)
@@ -86,8 +86,8 @@ class Crawl:
 def listing_failure(url: str, where: str, exc: BaseException) -> BaseException:
     """The error ending a listing that failed at `where` ('' for the root), one line naming the cause.
 
-    `exc` is a `ReadError`, a `FileNotFoundError` (its message, if any, says how the server put it)
-    or a `ForbiddenAddress`; anything else is returned as is.
+    `exc` is a `ReadError`, a `FileNotFoundError` (a `NotFound` says how the server put it) or a
+    `ForbiddenAddress`; anything else is returned as is.
     """
     prefix = f"cannot list {url}: {where}: " if where else f"cannot list {url}: "
     if isinstance(exc, ForbiddenAddress):
@@ -95,7 +95,8 @@ def listing_failure(url: str, where: str, exc: BaseException) -> BaseException:
     if isinstance(exc, ReadError):
         return StorageUnreachable(prefix + exc.detail)
     if isinstance(exc, FileNotFoundError):
-        return StorageUnreachable(prefix + (f"not found ({exc})" if str(exc) else "not found"))
+        how = exc.how if isinstance(exc, NotFound) else ""
+        return StorageUnreachable(prefix + (f"not found ({how})" if how else "not found"))
     return exc
 
 

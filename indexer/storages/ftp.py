@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
-from indexer.errors import ForbiddenAddress, ReadError
+from indexer.errors import ForbiddenAddress, NotFound, ReadError
 from indexer.models import FileEntry
 from indexer.storages.access import AccessOptions, Failure, RetryPolicy, describe_os_error, mask_url, retry_sync
 from indexer.storages.addresses import AddressPolicy
@@ -84,9 +84,18 @@ def _broken(exc: BaseException) -> bool:
 class _TLSSessionReuse(ftplib.FTP_TLS):
     """Explicit FTPS whose data connections resume the control connection's TLS session."""
 
+    protected = False
+    """Whether data connections are in TLS (after `prot_p`)."""
+
+    def prot_p(self) -> str:
+        """Ask for data connections in TLS."""
+        reply = super().prot_p()
+        self.protected = True
+        return reply
+
     def ntransfercmd(self, cmd: str, rest: int | str | None = None) -> tuple[socket.socket, int | None]:
         conn, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
-        if self._prot_p:  # type: ignore[attr-defined]
+        if self.protected:
             session = self.sock.session if isinstance(self.sock, ssl.SSLSocket) else None
             conn = self.context.wrap_socket(conn, server_hostname=self.host, session=session)
         return conn, size
@@ -154,7 +163,7 @@ class FTPConnection:
             return self._list(path.rstrip("/") or "/")
         except ftplib.error_perm as exc:
             if str(exc).startswith("550"):
-                raise FileNotFoundError(f"FTP {exc}") from exc
+                raise NotFound(f"FTP {exc}", path) from exc
             raise
 
     def _list(self, path: str) -> list[Child]:
@@ -364,7 +373,9 @@ class FTPStorage(Storage):
     def _read(self, path: str, operation: Callable[[FTPConnection], T]) -> T:
         try:
             return self._call(path, operation)
-        except (FileNotFoundError, ForbiddenAddress) as exc:
+        except FileNotFoundError as exc:
+            raise ReadError(path, exc.how if isinstance(exc, NotFound) else "not found") from exc
+        except ForbiddenAddress as exc:
             raise ReadError(path, str(exc)) from exc
 
     def close(self) -> None:

@@ -30,7 +30,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from fsspec.asyn import get_loop, sync
 
-from indexer.errors import ForbiddenAddress, ReadError
+from indexer.errors import ForbiddenAddress, NotFound, ReadError
 from indexer.models import FileEntry
 from indexer.storages.access import (
     AccessOptions,
@@ -173,7 +173,7 @@ class HTTPListingStorage(Storage):
         async def get() -> str:
             async with session.get(url) as response:
                 if response.status == 404:
-                    raise FileNotFoundError(mask_url(url))
+                    raise NotFound("HTTP 404", mask_url(url))
                 response.raise_for_status()
                 return await response.text(errors="replace")
 
@@ -205,9 +205,8 @@ class HTTPListingStorage(Storage):
 
     def _unlistable(self, exc: BaseException) -> BaseException:
         """The error ending a listing whose page failed, naming the page unless it is the root."""
-        if isinstance(exc, FileNotFoundError):  # its message is the page's URL
-            page = str(exc)
-            return listing_failure(self.url, "" if page == self.url else page, FileNotFoundError("HTTP 404"))
+        if isinstance(exc, NotFound):
+            return listing_failure(self.url, "" if exc.where == self.url else exc.where, exc)
         if isinstance(exc, ReadError):
             return listing_failure(self.url, "" if exc.what == self.url else exc.what, exc)
         return listing_failure(self.url, "", exc)
@@ -236,7 +235,7 @@ class HTTPListingStorage(Storage):
                 if response.status == 416:  # empty file: no byte satisfies the range
                     return b"", replace(entry, size=0)
                 if response.status == 404:
-                    raise FileNotFoundError(mask_url(url))
+                    raise NotFound("HTTP 404", mask_url(url))
                 response.raise_for_status()
                 data = await response.content.read(length)
                 total = entry.size
@@ -271,7 +270,7 @@ class HTTPListingStorage(Storage):
         async def get(session: aiohttp.ClientSession, url: str) -> bytes:
             async with session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as response:
                 if response.status == 404:
-                    raise FileNotFoundError(mask_url(url))
+                    raise NotFound("HTTP 404", mask_url(url))
                 response.raise_for_status()
                 if response.status == 200:  # the server ignored the range
                     body = await response.read()
@@ -293,7 +292,7 @@ class HTTPListingStorage(Storage):
         async def head(session: aiohttp.ClientSession, url: str) -> FileEntry:
             async with session.head(url, allow_redirects=True) as response:
                 if response.status == 404:
-                    raise FileNotFoundError(mask_url(url))
+                    raise NotFound("HTTP 404", mask_url(url))
                 response.raise_for_status()
                 return self._completed(entry, response.content_length, response.headers)
 

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 import asyncssh
 from fsspec.asyn import FSTimeoutError, sync
 
-from indexer.errors import ForbiddenAddress, ReadError
+from indexer.errors import ForbiddenAddress, NotFound, ReadError
 from indexer.models import FileEntry
 from indexer.storages.access import AccessOptions, Failure, RetryPolicy, describe_os_error, mask_url, retry_sync
 from indexer.storages.addresses import AddressPolicy
@@ -147,7 +147,7 @@ class SFTPStorage(Storage):
         try:
             infos = self._call(folder or "/", lambda fs: self._sync(fs, fs._ls, path))
         except FileNotFoundError:
-            raise FileNotFoundError() from None  # "not found" says it all
+            raise NotFound(where=path) from None  # "not found" says it all
         children = []
         for info in infos:
             if info["type"] not in ("file", "directory"):
