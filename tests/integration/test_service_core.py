@@ -440,3 +440,49 @@ def test_only_remote_storages_are_limited(redis_server: RedisServer, tmp_path: P
                                                                                "http://Example.test:8080/ortho/")
     assert limited(open_storage("http://example.test/"), None).__class__ is not LimitedStorage
     client.close()
+
+
+def test_a_limited_storage_keeps_what_the_first_read_learned(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Over a listing with neither sizes nor dates, the fleet's second scan reads no dalle again: the
+    limiter forwards the first read's completed entry (size, Last-Modified) and the coroutine reader."""
+    from indexer.sample import make_sample_livrable
+    from indexer.storages import AccessOptions
+    from indexer.storages.addresses import AddressPolicy
+    from tests.conftest import SMALL
+    from tests.servers.servers import PythonHTTP, public_folder
+
+    root = public_folder()
+    make_sample_livrable(root / "livrable", SMALL)
+    server = PythonHTTP(root, tmp_path / "http").start()
+    client = redis_server.client()
+    client.flushall()
+    engine = create_store(f"sqlite:///{tmp_path / 'state.sqlite'}")
+    options = AccessOptions(addresses=AddressPolicy.of(["127.0.0.0/8"]))
+    source = f"{server.url}/livrable/"
+    try:
+        plans = []
+        for _ in range(2):
+            (queued,) = queueing.publish(engine, projet(source), None, lambda s: open_storage(s, options).url)
+            assert queued.scan is not None
+            target = queries.scan_target(engine, queued.scan)
+            assert target is not None
+            with limited(open_storage(source, options), HostLimiter(client, cap=2), max_slots=4) as storage:
+                assert isinstance(storage, LimitedStorage) and storage.async_reads() is not None
+                plan = stages.list_scan(engine, storage, target, 8)
+                assert plan is not None
+                for chunk in range(plan.chunks):
+                    stages.read_chunk(engine, storage, target, chunk, ScanOptions(concurrency=4))
+                assert stages.finalize_scan(engine, storage, target, tmp_path / "out", TODAY) is not None
+            plans.append(plan)
+        first, second = plans
+        assert (first.to_read, first.reused) == (22, 0)
+        assert (second.to_read, second.reused) == (0, 22)
+        stored = list(store_records.load_records(engine, 1))
+        assert len(stored) == 22
+        assert all(r.file.size is not None and r.file.mtime is not None for r in stored)  # from the first GET
+        assert HostLimiter(client, cap=2).holders("127.0.0.1") == 0
+    finally:
+        engine.dispose()
+        client.close()
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
