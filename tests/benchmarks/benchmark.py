@@ -437,7 +437,6 @@ def run_synthetic(params: dict[str, Any]) -> dict[str, Any]:
     """Emprise, store and export of synthetic dalles, no I/O but the local files: timed, peak RSS."""
     from datetime import date
 
-    from indexer.emprise import compute_emprise
     from indexer.models import ScanResult
     from indexer.publish import publish_outputs
     from indexer.store import catalog, scans
@@ -448,19 +447,19 @@ def run_synthetic(params: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     dalles = list(synthetic_dalles(count))
     made = time.perf_counter()
-    emprise = compute_emprise(dalles)
-    emprised = time.perf_counter()
     engine = create_store(f"sqlite:///{params['store']}")
     storage = catalog.storage_id(engine, "http://synthetic/")
     scan = scans.start_scan(engine, storage)
     scans.finish_scan(engine, storage, scan, dalles, [], {"listed": count, "read": count})
     stored = time.perf_counter()
     result = ScanResult(source="http://synthetic/", listed_files=count, dalles=dalles)
-    publish_outputs(Path(params["out"]), result, None, None, date.today())
+    publication = publish_outputs(Path(params["out"]), result, None, None, date.today())
     wall = time.perf_counter() - started
+    emprise = publication.emprise
     return {
         "dalles": count, "errors": 0, "wall_s": wall, "records_s": made - started,
-        "emprise_s": emprised - made, "store_s": stored - emprised, "export_s": wall - (stored - started),
+        "emprise_s": publication.emprise_s, "store_s": stored - made,
+        "export_s": wall - (stored - started) - publication.emprise_s,
         "cpu_s": _cpu_s(resource.RUSAGE_SELF) - cpu0, "rss_mb": peak_rss_mb(),
         "emprise_parts": len(getattr(emprise, "geoms", [emprise])) if emprise is not None else 0,
     }
