@@ -15,7 +15,7 @@ from typing import Protocol
 from indexer.crs import identify_epsg
 from indexer.errors import ReadError
 from indexer.models import Dalle, DalleProblem, FileEntry, Record, SkipReason
-from indexer.read import describe as _describe
+from indexer.read import describe
 from indexer.read.describe import Descriptions, corners, problem, resolution_cm
 from indexer.read.formats import DRIVERS, PROPRIETARY_FORMATS, Listing, raster_mime, suffix
 from indexer.read.jp2 import read_jp2_header
@@ -88,8 +88,8 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
         return problem(entry, size, SkipReason.UNREADABLE, str(exc))
     if isinstance(parsed, Finding):
         return problem(entry, size, parsed.reason, parsed.detail)
-    return _describe.describe(storage, entry, size, mime, view, parsed, sidecars,
-                              descriptions or _describe.DESCRIPTIONS)
+    return describe.describe_header(storage, entry, size, mime, view, parsed, sidecars,
+                                    descriptions or describe.DESCRIPTIONS)
 
 
 def place_proprietary(storage: RangeReader, listing: Listing, results: Sequence[Record]) -> list[Record]:

@@ -247,7 +247,7 @@ class Header:
     """The georeferencing of the GeoJP2 box (JPEG 2000)."""
 
 
-def describe(storage: RangeReader, entry: FileEntry, size: int, mime: str, view: ByteView,
+def describe_header(storage: RangeReader, entry: FileEntry, size: int, mime: str, view: ByteView,
              parsed: TiffHeader | Jp2Header, sidecars: list[FileEntry] | None, descriptions: Descriptions
              ) -> Record:
     """The record of a dalle whose header parsed: without GDAL when its structure was described
