@@ -116,11 +116,14 @@ def _backoff(retries: int) -> float:
 def _guarded(task: Task, scan: int, work: Callable[[], dict[str, Any]],
              on_error: Callable[[], object] | None = None) -> dict[str, Any]:
     """Run a stage of a scan: retry it on a transient failure, end the scan as failed otherwise."""
+    def failed(error: str) -> dict[str, Any]:
+        stages.fail_scan(engine(), scan, error)
+        return {"scan": scan, "status": "failed", "error": error}
+
     try:
         return work()
     except PERMANENT as exc:
-        stages.fail_scan(engine(), scan, str(exc))
-        return {"scan": scan, "status": "failed", "error": str(exc)}
+        return failed(str(exc))
     except TRANSIENT as exc:
         if on_error is not None:
             on_error()
@@ -129,12 +132,10 @@ def _guarded(task: Task, scan: int, work: Callable[[], dict[str, Any]],
                                                           "retries": task.request.retries})
             raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
         if isinstance(exc, StorageUnreachable):
-            stages.fail_scan(engine(), scan, str(exc))
-            return {"scan": scan, "status": "failed", "error": str(exc)}
+            return failed(str(exc))
         raise  # the store or the broker is down: the watchdog requeues the scan once it is back
     except IndexerError as exc:
-        stages.fail_scan(engine(), scan, str(exc))
-        return {"scan": scan, "status": "failed", "error": str(exc)}
+        return failed(str(exc))
     except Exception as exc:
         if on_error is not None:
             on_error()
