@@ -313,6 +313,9 @@ class _LimitedReads:
         try:
             return await self._reads.read_start(entry, length)
         finally:
+            # A connection the read closed (a body not read to its end) is closed on the loop's next
+            # turn: let it run before the slot is free, or the next read connects while it is open.
+            await asyncio.sleep(0)
             self._storage.give()
 
 
