@@ -289,13 +289,17 @@ def test_requeue_and_status(service: Service, engine: Engine, nginx: Callable[..
 
 
 def established(port: int) -> int:
-    """TCP connections established to a local server port, seen on the server's side (/proc/net/tcp)."""
-    count = 0
+    """TCP connections established to a local server port, seen on the server's side (/proc/net/tcp).
+
+    Each connection is counted once by its client's address: the kernel writes the table while it
+    is read, and a socket can be listed twice in one read.
+    """
+    clients = set()
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
         if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":
-            count += 1
-    return count
+            clients.add(fields[2])
+    return len(clients)
 
 
 def peak_overlap(intervals: list[tuple[float, float]], tolerance: float = 0.002) -> int:
