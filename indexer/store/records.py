@@ -15,7 +15,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from indexer.models import Dalle, DalleProblem, FileEntry, FileRole, Record, ScanStatus, ScanStep, SkipReason
 from indexer.store.engine import by_path, upsert
-from indexer.store.schema import crs_table, records, scan_chunks, scan_files, scan_results, scans
+from indexer.store.schema import RECORD_COLUMNS, crs_table, records, scan_chunks, scan_files, scan_results, scans
 
 VALID, SKIPPED = "valid", "skipped"
 """A record's status: a dalle indexed, or a raster file skipped with a reason."""
@@ -44,12 +44,12 @@ def crs_ids(conn: Connection, wkts: Iterable[str]) -> dict[str, int]:
     return known
 
 
-def record_row(result: Record, crs_ids: dict[str, int]) -> dict[str, Any]:
+def record_row(result: Record, crs: dict[str, int]) -> dict[str, Any]:
     """The columns a dalle or a problem is stored in (records and scan_results)."""
     file = result.file
     if isinstance(result, Dalle):
         return {"path": file.path, "size": result.size, "mtime": file.mtime, "etag": file.etag,
-                "status": VALID, "reason": None, "detail": None, "crs_id": crs_ids[result.crs_wkt],
+                "status": VALID, "reason": None, "detail": None, "crs_id": crs[result.crs_wkt],
                 "meta": _dalle_meta(result)}
     return {"path": file.path, "size": file.size, "mtime": file.mtime, "etag": file.etag,
             "status": SKIPPED, "reason": result.reason, "detail": result.detail, "crs_id": None, "meta": None}
@@ -120,9 +120,8 @@ def upsert_results(conn: Connection, storage: int, scan: int, results: Sequence[
     ids = crs_ids(conn, (r.crs_wkt for r in results if isinstance(r, Dalle)))
     rows = [{"storage_id": storage, "scan_id": scan, **record_row(r, ids)} for r in results]
     stmt = upsert(conn, scan_results)
-    columns = ("size", "mtime", "etag", "status", "reason", "detail", "crs_id", "meta")
     stmt = stmt.on_conflict_do_update(index_elements=["storage_id", "scan_id", "path"],
-                                      set_={c: stmt.excluded[c] for c in columns})
+                                      set_={c: stmt.excluded[c] for c in RECORD_COLUMNS})
     for start in range(0, len(rows), 5000):
         conn.execute(stmt, rows[start:start + 5000])
 
@@ -143,7 +142,7 @@ def reused_by(scan: int) -> ColumnElement[bool]:
 
 def new_records(engine: Engine, storage: int, scan: int) -> Iterator[Record]:
     """The records a scan being aggregated will leave: those it reuses and those it read, by path."""
-    columns = ("path", "size", "mtime", "etag", "status", "reason", "detail", "crs_id", "meta")
+    columns = ("path", *RECORD_COLUMNS)
     kept = select(*(records.c[c] for c in columns)).where(records.c.storage_id == storage, reused_by(scan))
     read = select(*(scan_results.c[c] for c in columns)).where(
         scan_results.c.storage_id == storage, scan_results.c.scan_id == scan)

@@ -32,7 +32,17 @@ from indexer.models import (
 )
 from indexer.store.engine import aware, inserted_id, now
 from indexer.store.records import VALID, crs_ids, record_row, reused_by, upsert_results
-from indexer.store.schema import livrables, records, scan_chunks, scan_files, scan_jobs, scan_results, scans, storages
+from indexer.store.schema import (
+    RECORD_COLUMNS,
+    livrables,
+    records,
+    scan_chunks,
+    scan_files,
+    scan_jobs,
+    scan_results,
+    scans,
+    storages,
+)
 
 
 def _lock_storage(conn: Connection, storage: int) -> bool:
@@ -257,7 +267,7 @@ def commit_scan(engine: Engine, storage: int, scan: int, feature: dict[str, Any]
         if not won:
             return False
         conn.execute(delete(records).where(records.c.storage_id == storage, ~reused_by(scan)))
-        columns = ["storage_id", "path", "size", "mtime", "etag", "status", "reason", "detail", "crs_id", "meta"]
+        columns = ["storage_id", "path", *RECORD_COLUMNS]
         conn.execute(insert(records).from_select(
             [*columns, "scan_id"],
             select(*(scan_results.c[c] for c in columns), literal(scan)).where(

@@ -6,6 +6,8 @@ created from these definitions directly.
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -24,6 +26,24 @@ from sqlalchemy import (
 )
 
 metadata = MetaData()
+
+
+def _record_columns() -> list[Column[Any]]:
+    """The columns of one file's record, fresh for each table keeping records (a column has one table)."""
+    return [
+        Column("size", BigInteger),
+        Column("mtime", String(64)),
+        Column("etag", String(256)),
+        Column("status", String(16), nullable=False, comment="valid or skipped"),
+        Column("reason", String(32)),
+        Column("detail", Text),
+        Column("crs_id", ForeignKey("crs.id")),
+        Column("meta", JSON, comment="the dalle's header metadata"),
+    ]
+
+
+RECORD_COLUMNS = tuple(column.name for column in _record_columns())
+"""The names of a record's columns besides its keys, in ``records`` and ``scan_results`` alike."""
 
 storages = Table(
     "storages", metadata,
@@ -63,14 +83,7 @@ records = Table(
     "records", metadata,
     Column("storage_id", ForeignKey("storages.id", ondelete="CASCADE"), primary_key=True),
     Column("path", Text, primary_key=True),
-    Column("size", BigInteger),
-    Column("mtime", String(64)),
-    Column("etag", String(256)),
-    Column("status", String(16), nullable=False, comment="valid or skipped"),
-    Column("reason", String(32)),
-    Column("detail", Text),
-    Column("crs_id", ForeignKey("crs.id")),
-    Column("meta", JSON, comment="the dalle's header metadata"),
+    *_record_columns(),
     Column("scan_id", Integer, nullable=False),
     UniqueConstraint("storage_id", "path", name="uq_records_storage_path"),
 )
@@ -127,12 +140,5 @@ scan_results = Table(
     Column("storage_id", ForeignKey("storages.id", ondelete="CASCADE"), primary_key=True),
     Column("scan_id", ForeignKey("scans.id", ondelete="CASCADE"), primary_key=True),
     Column("path", Text, primary_key=True),
-    Column("size", BigInteger),
-    Column("mtime", String(64)),
-    Column("etag", String(256)),
-    Column("status", String(16), nullable=False, comment="valid or skipped"),
-    Column("reason", String(32)),
-    Column("detail", Text),
-    Column("crs_id", ForeignKey("crs.id")),
-    Column("meta", JSON, comment="the dalle's header metadata"),
+    *_record_columns(),
 )
