@@ -191,28 +191,6 @@ class LimitedStorage(Storage):
         with self._cond:
             return len(self._held)
 
-    def _take(self, grow_to: int) -> None:
-        """Take a free held slot, growing the held slots up to `grow_to` when none is free."""
-        deadline = time.monotonic() + self.limiter.wait_s
-        delay = 0.01
-        while True:
-            with self._cond:
-                if self._free > 0:
-                    self._free -= 1
-                    return
-                can_grow = len(self._held) < grow_to
-            if can_grow:
-                tokens = self.limiter.try_acquire(self.host)
-                if tokens is not None:
-                    with self._cond:
-                        self._held.extend(tokens)
-                    return
-            if time.monotonic() >= deadline:
-                raise self.limiter.busy(self.host)
-            with self._cond:
-                self._cond.wait(delay * random.uniform(0.5, 1.5))
-            delay = min(delay * 2, 0.25)
-
     def _give(self, count: int = 1) -> None:
         with self._cond:
             self._free += count
@@ -272,8 +250,27 @@ class LimitedStorage(Storage):
         return False
 
     def take(self) -> None:
-        """Take a slot for one call: a free held one, one more from the fleet, or wait for one."""
-        self._take(self.max_slots)
+        """Take a slot for one call: a free held one, one more from the fleet (up to `max_slots`), or
+        wait for one of its own to free; raises `HostBusy` after the limiter's wait."""
+        deadline = time.monotonic() + self.limiter.wait_s
+        delay = 0.01
+        while True:
+            with self._cond:
+                if self._free > 0:
+                    self._free -= 1
+                    return
+                can_grow = len(self._held) < self.max_slots
+            if can_grow:
+                tokens = self.limiter.try_acquire(self.host)
+                if tokens is not None:
+                    with self._cond:
+                        self._held.extend(tokens)
+                    return
+            if time.monotonic() >= deadline:
+                raise self.limiter.busy(self.host)
+            with self._cond:
+                self._cond.wait(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 0.25)
 
     def give(self) -> None:
         """Give back the slot a call took."""
