@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from indexer.crs import identify_epsg
@@ -119,8 +120,7 @@ def place_proprietary(storage: RangeReader, listing: Listing, results: Sequence[
         t = georef.transform
         width, height = round(width_m / abs(t.a)), round(height_m / abs(t.e))
         placed.append(Dalle(
-            file=result.file if result.file.size is not None else FileEntry(
-                result.path, 0, result.file.mtime, result.file.etag),
+            file=result.file if result.file.size is not None else replace(result.file, size=0),
             mime=PROPRIETARY_FORMATS[suffix(result.path)],
             width=width, height=height, bands=(), compression=None, epsg=identify_epsg(crs_wkt),
             crs_wkt=crs_wkt, corners=corners(t, width, height), resolution_cm=resolution_cm(t), open=False))
