@@ -41,6 +41,8 @@ class Settings(BaseSettings):
                     "addresses; loopback, private, link-local and multicast ones are refused otherwise.")
     max_depth: int = Field(default=32, ge=0, le=1000, description="Folder levels crawled below a storage's root.")
     max_entries: int = Field(default=2_000_000, ge=1, description="Files listed in one storage before giving up.")
+    max_folders: int = Field(
+        default=10_000, ge=1, description="Folders visited in one storage, its root included, before giving up.")
     ftp_max_connections: int = Field(
         default=2, ge=1, le=32, description="Logged-in connections to one FTP server; public servers refuse more.")
     tls_ca_file: Path | None = Field(

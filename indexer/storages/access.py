@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from indexer.errors import IndexerError, ReadError
 from indexer.storages.addresses import AddressPolicy
+from indexer.storages.crawl import CrawlLimits
 
 if TYPE_CHECKING:
     from indexer.settings import Settings
@@ -158,8 +159,7 @@ class AccessOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     user_agent: str = "pcrs-indexer"
     addresses: AddressPolicy = field(default_factory=AddressPolicy)
-    max_depth: int = 32
-    max_entries: int = 2_000_000
+    crawl: CrawlLimits = field(default_factory=CrawlLimits)
     ftp_max_connections: int = 2
     connections: int = 32
     """Connections to one HTTP server at once (the scan's concurrency)."""
@@ -175,8 +175,7 @@ class AccessOptions:
             retry=RetryPolicy(retries=settings.retries, timeout_s=settings.timeout_s),
             user_agent=settings.user_agent,
             addresses=AddressPolicy.of(settings.allowed_networks),
-            max_depth=settings.max_depth,
-            max_entries=settings.max_entries,
+            crawl=CrawlLimits(settings.max_depth, settings.max_entries, settings.max_folders),
             ftp_max_connections=settings.ftp_max_connections,
             connections=settings.concurrency,
             tls_ca_file=settings.tls_ca_file,

@@ -2,8 +2,9 @@
 
 Folders are visited breadth first. A folder whose listing repeats one of its ancestors' is a
 link looping back up (a symbolic link to ``..``): it is skipped. Going deeper than `max_depth`
-folders or past `max_entries` files ends the listing with `ListingLimitReached` rather than a
-crawl without end.
+folders, past `max_entries` files or past `max_folders` folders (a server making up new folders
+without end) ends the listing with `ListingLimitReached` rather than a crawl without end
+(`CrawlLimits`).
 """
 
 from __future__ import annotations
@@ -35,15 +36,33 @@ class Child:
     """How the transport addresses it when that is not derived from the path (a listing's href)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CrawlLimits:
+    """The bounds of one storage's listing, whatever the transport."""
+
+    max_depth: int = 32
+    """Folder levels below the root."""
+    max_entries: int = 2_000_000
+    """Files listed."""
+    max_folders: int = 10_000
+    """Folders visited, the root included."""
+
+    @property
+    def max_listing_entries(self) -> int:
+        """The most entries one folder's listing can hold without going past a limit."""
+        return self.max_entries + self.max_folders
+
+
 class Crawl:
     """The files found so far in a crawl below `url`, and its rules (see the module's docstring)."""
 
-    def __init__(self, url: str, max_depth: int, max_entries: int) -> None:
+    def __init__(self, url: str, limits: CrawlLimits) -> None:
         self.url = url
-        self.max_depth = max_depth
-        self.max_entries = max_entries
+        self.limits = limits
         self.entries: list[FileEntry] = []
         self.refs: dict[str, str] = {}
+        self.folders = 1
+        """Folders visited or queued, the root included."""
         self._prints: dict[str, int] = {}
 
     def visit(self, folder: str, children: list[Child]) -> list[tuple[str, Child]]:
@@ -61,20 +80,25 @@ class Crawl:
                             extra={"storage": self.url, "folder": folder})
                 return []
         self._prints[folder] = fingerprint
+        limits = self.limits
         folders = []
         for child in sorted(children, key=lambda c: c.name):
             path = folder + child.name
             if child.is_dir:
-                if depth >= self.max_depth:
-                    raise ListingLimitReached(f"cannot list {self.url}: {path}/ is more than {self.max_depth} "
+                if depth >= limits.max_depth:
+                    raise ListingLimitReached(f"cannot list {self.url}: {path}/ is more than {limits.max_depth} "
                                               "folder levels deep (the max_depth setting)")
+                self.folders += 1
+                if self.folders > limits.max_folders:
+                    raise ListingLimitReached(f"cannot list {self.url}: more than {limits.max_folders} folders "
+                                              f"(the max_folders setting), {path}/ among them")
                 folders.append((path + "/", child))
                 continue
             self.entries.append(FileEntry(path, child.size, child.mtime, child.etag))
             if child.ref is not None:
                 self.refs[path] = child.ref
-            if len(self.entries) > self.max_entries:
-                raise ListingLimitReached(f"cannot list {self.url}: more than {self.max_entries} files "
+            if len(self.entries) > limits.max_entries:
+                raise ListingLimitReached(f"cannot list {self.url}: more than {limits.max_entries} files "
                                           "(the max_entries setting)")
         return folders
 

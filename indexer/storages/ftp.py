@@ -37,7 +37,7 @@ from indexer.models import FileEntry
 from indexer.storages.access import AccessOptions, Failure, RetryPolicy, describe_os_error, mask_url, retry_sync
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import Storage
-from indexer.storages.crawl import Child, Crawl, crawl_in_threads
+from indexer.storages.crawl import Child, Crawl, CrawlLimits, crawl_in_threads
 from indexer.storages.ftp_listing import mlsd_child, parse_list_line
 
 log = logging.getLogger(__name__)
@@ -315,13 +315,12 @@ class FTPStorage(Storage):
     """A livrable on an FTP or FTPS server, read through a small pool of logged-in connections."""
 
     def __init__(self, server: FTPServer, root: str, url: str, policy: RetryPolicy, max_connections: int = 2,
-                 max_depth: int = 32, max_entries: int = 2_000_000) -> None:
+                 limits: CrawlLimits | None = None) -> None:
         self.server = server
         self.root = "/" + root.strip("/") if root.strip("/") else ""
         self.url = mask_url(url)
         self.policy = policy
-        self.max_depth = max_depth
-        self.max_entries = max_entries
+        self.limits = limits or CrawlLimits()
         self.pool = ConnectionPool(lambda: FTPConnection(server), max_connections)
 
     @classmethod
@@ -333,8 +332,7 @@ class FTPStorage(Storage):
             host=parts.hostname or "", port=parts.port or 21, username=unquote(parts.username or ""),
             password=unquote(parts.password or ""), tls=tls, timeout_s=options.retry.timeout_s,
             addresses=options.addresses, ssl_context=options.ssl_context() if tls else None)
-        return cls(server, unquote(parts.path), url, options.retry, options.ftp_max_connections,
-                   options.max_depth, options.max_entries)
+        return cls(server, unquote(parts.path), url, options.retry, options.ftp_max_connections, options.crawl)
 
     def _full(self, path: str) -> str:
         return f"{self.root}/{path}"
@@ -348,7 +346,7 @@ class FTPStorage(Storage):
 
     def list_files(self) -> list[FileEntry]:
         """List the folders level by level, as many at once as the pool has connections."""
-        return crawl_in_threads(Crawl(self.url, self.max_depth, self.max_entries), self._list_folder, self.pool.limit)
+        return crawl_in_threads(Crawl(self.url, self.limits), self._list_folder, self.pool.limit)
 
     def _list_folder(self, folder: str) -> list[Child]:
         path = self._full(folder.rstrip("/")) if folder else (self.root or "/")

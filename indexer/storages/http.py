@@ -43,7 +43,7 @@ from indexer.storages.access import (
 )
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import AsyncReads, Storage
-from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, listing_failure
+from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, CrawlLimits, listing_failure
 from indexer.storages.html_listing import parse_listing
 
 T = TypeVar("T")
@@ -120,8 +120,7 @@ class HTTPListingStorage(Storage):
         url: str,
         policy: RetryPolicy,
         user_agent: str,
-        max_depth: int = 32,
-        max_entries: int = 2_000_000,
+        limits: CrawlLimits | None = None,
         addresses: AddressPolicy | None = None,
         ssl_context: ssl.SSLContext | None = None,
         connections: int = 32,
@@ -131,8 +130,7 @@ class HTTPListingStorage(Storage):
         self.url = mask_url(self.root_url)
         self.policy = policy
         self.user_agent = user_agent
-        self.max_depth = max_depth
-        self.max_entries = max_entries
+        self.limits = limits or CrawlLimits()
         self.addresses = addresses or AddressPolicy()
         self._ssl = ssl_context
         self._refs: dict[str, str] = {}
@@ -143,7 +141,7 @@ class HTTPListingStorage(Storage):
     def from_url(cls, url: str, options: AccessOptions) -> HTTPListingStorage:
         """The storage of an ``http(s)://`` listing URL."""
         https = url.lower().startswith("https:")
-        return cls(url, options.retry, options.user_agent, options.max_depth, options.max_entries,
+        return cls(url, options.retry, options.user_agent, options.crawl,
                    options.addresses, options.ssl_context() if https else None, options.connections)
 
     async def _session(self) -> aiohttp.ClientSession:
@@ -180,7 +178,7 @@ class HTTPListingStorage(Storage):
         return await retry_async(self.policy, mask_url(url), get, classify_http)
 
     async def _crawl(self) -> list[FileEntry]:
-        crawl = Crawl(self.url, self.max_depth, self.max_entries)
+        crawl = Crawl(self.url, self.limits)
         level = [("", self.root_url)]
         slots = asyncio.Semaphore(LISTING_CONCURRENCY)
 

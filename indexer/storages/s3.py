@@ -31,7 +31,7 @@ from indexer.storages import s3fs_adapter
 from indexer.storages.access import AccessOptions, Failure, RetryPolicy, mask_url, retry_sync
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import Storage
-from indexer.storages.crawl import listing_failure
+from indexer.storages.crawl import CrawlLimits, listing_failure
 
 log = logging.getLogger(__name__)
 
@@ -94,16 +94,15 @@ class S3Storage(Storage):
     """A livrable under a prefix of an S3 bucket."""
 
     def __init__(self, bucket: str, prefix: str, policy: RetryPolicy, endpoint_url: str | None = None,
-                 region: str | None = None, addresses: AddressPolicy | None = None, max_depth: int = 32,
-                 max_entries: int = 2_000_000) -> None:
+                 region: str | None = None, addresses: AddressPolicy | None = None,
+                 limits: CrawlLimits | None = None) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.policy = policy
         self.endpoint_url = endpoint_url
         self.region = region
         self.addresses = addresses or AddressPolicy()
-        self.max_depth = max_depth
-        self.max_entries = max_entries
+        self.limits = limits or CrawlLimits()
         query = f"?{urlencode({'endpoint_url': endpoint_url}, safe=':/')}" if endpoint_url else ""
         self.url = mask_url(f"s3://{bucket}/{self.prefix}{query}")
         self._fs: S3FileSystem | None = None
@@ -120,8 +119,7 @@ class S3Storage(Storage):
                                 "(use endpoint_url and region)")
         return cls(parts.netloc, unquote(parts.path), options.retry,
                    query.get("endpoint_url") or options.s3_endpoint_url,
-                   query.get("region") or options.s3_region, options.addresses, options.max_depth,
-                   options.max_entries)
+                   query.get("region") or options.s3_region, options.addresses, options.crawl)
 
     def _filesystem(self) -> S3FileSystem:
         with self._lock:
@@ -175,14 +173,14 @@ class S3Storage(Storage):
             key = item["Key"][len(self.bucket) + 1 + len(start):]
             if item.get("type") != "file" or not key or key.endswith("/"):
                 continue
-            if key.count("/") > self.max_depth:
+            if key.count("/") > self.limits.max_depth:
                 raise ListingLimitReached(f"cannot list {self.url}: {key.rsplit('/', 1)[0]}/ is more than "
-                                          f"{self.max_depth} folder levels deep (the max_depth setting)")
+                                          f"{self.limits.max_depth} folder levels deep (the max_depth setting)")
             modified = item.get("LastModified")
             etag = str(item.get("ETag") or "").strip('"') or None
             entries.append(FileEntry(key, int(item["size"]), modified.isoformat() if modified else None, etag))
-            if len(entries) > self.max_entries:
-                raise ListingLimitReached(f"cannot list {self.url}: more than {self.max_entries} files "
+            if len(entries) > self.limits.max_entries:
+                raise ListingLimitReached(f"cannot list {self.url}: more than {self.limits.max_entries} files "
                                           "(the max_entries setting)")
         return entries
 

@@ -27,7 +27,7 @@ from indexer.models import FileEntry
 from indexer.storages.access import AccessOptions, Failure, RetryPolicy, describe_os_error, mask_url, retry_sync
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import Storage
-from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, crawl_in_threads
+from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, CrawlLimits, crawl_in_threads
 from indexer.storages.sshfs_adapter import RangedSSHFileSystem, logout
 
 log = logging.getLogger(__name__)
@@ -72,14 +72,13 @@ class SFTPServer:
 class SFTPStorage(Storage):
     """A livrable on an SSH server, read over SFTP through one logged-in connection."""
 
-    def __init__(self, server: SFTPServer, root: str, url: str, policy: RetryPolicy, max_depth: int = 32,
-                 max_entries: int = 2_000_000) -> None:
+    def __init__(self, server: SFTPServer, root: str, url: str, policy: RetryPolicy,
+                 limits: CrawlLimits | None = None) -> None:
         self.server = server
         self.root = root.rstrip("/") or "/"
         self.url = mask_url(url)
         self.policy = policy
-        self.max_depth = max_depth
-        self.max_entries = max_entries
+        self.limits = limits or CrawlLimits()
         self._fs: RangedSSHFileSystem | None = None
         self._lock = threading.Lock()
 
@@ -96,7 +95,7 @@ class SFTPStorage(Storage):
         server = SFTPServer(host=parts.hostname or "", port=parts.port or 22, username=unquote(parts.username or ""),
                             password=unquote(parts.password) if parts.password is not None else None,
                             key_file=options.sftp_key_file, addresses=options.addresses)
-        return cls(server, path, url, options.retry, options.max_depth, options.max_entries)
+        return cls(server, path, url, options.retry, options.crawl)
 
     def _connection(self) -> RangedSSHFileSystem:
         with self._lock:
@@ -138,8 +137,7 @@ class SFTPStorage(Storage):
 
     def list_files(self) -> list[FileEntry]:
         """List the folders level by level, a few at once on the one connection."""
-        return crawl_in_threads(Crawl(self.url, self.max_depth, self.max_entries), self._list_folder,
-                                LISTING_CONCURRENCY)
+        return crawl_in_threads(Crawl(self.url, self.limits), self._list_folder, LISTING_CONCURRENCY)
 
     def _list_folder(self, folder: str) -> list[Child]:
         """One folder's entries; symbolic links are not followed."""

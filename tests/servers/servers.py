@@ -361,6 +361,36 @@ class FaultyHTTP(_HTTPProcess):
         return self
 
 
+class HostileFTP(_Process):
+    """An FTP server misbehaving as `mode` says (see `tests/servers/hostile_ftp.py`), each command logged."""
+
+    def __init__(self, workdir: Path, mode: str, delay: float = 2.0) -> None:
+        super().__init__(workdir)
+        self.mode = mode
+        self.delay = delay
+        self.log = workdir / "commands.log"
+
+    @property
+    def host(self) -> str:
+        """``127.0.0.1:port``."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> HostileFTP:
+        """Start the server script."""
+        script = Path(__file__).with_name("hostile_ftp.py")
+        self._spawn([sys.executable, str(script), str(self.port), "--log", str(self.log), "--mode", self.mode,
+                     "--delay", str(self.delay)])
+        return self
+
+    def commands(self) -> list[tuple[int, str, str]]:
+        """Every command logged so far: (session, command, argument)."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            session, command, argument = line.split("|", 2)
+            out.append((int(session), command, argument))
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class FTPCommand:
     """One command an FTP session sent, as ProFTPD logged it."""

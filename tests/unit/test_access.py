@@ -14,7 +14,7 @@ from indexer.settings import Settings
 from indexer.storages import AccessOptions, open_storage
 from indexer.storages.access import mask_url
 from indexer.storages.addresses import AddressPolicy
-from indexer.storages.crawl import Child, Crawl
+from indexer.storages.crawl import Child, Crawl, CrawlLimits
 from indexer.storages.ftp import FTPStorage, classify_ftp
 from indexer.storages.ftp_listing import parse_list_line
 from indexer.storages.http import HTTPListingStorage
@@ -121,7 +121,7 @@ def test_ftp_errors_are_classified() -> None:
 
 
 def test_crawl_skips_a_folder_repeating_an_ancestor() -> None:
-    crawl = Crawl("http://h/l/", max_depth=10, max_entries=100)
+    crawl = Crawl("http://h/l/", CrawlLimits(max_depth=10, max_entries=100))
     root = [Child("a.tif", False, 1, "t"), Child("lot", True)]
     assert [path for path, _ in crawl.visit("", root)] == ["lot/"]
     lot = [Child("b.tif", False, 2, "t"), Child("boucle", True)]
@@ -132,16 +132,23 @@ def test_crawl_skips_a_folder_repeating_an_ancestor() -> None:
 
 
 def test_crawl_caps() -> None:
-    deep = Crawl("http://h/l/", max_depth=1, max_entries=100)
+    deep = Crawl("http://h/l/", CrawlLimits(max_depth=1, max_entries=100))
     deep.visit("", [Child("a", True)])
     with pytest.raises(ListingLimitReached) as too_deep:
         deep.visit("a/", [Child("b", True)])
     assert str(too_deep.value) == ("cannot list http://h/l/: a/b/ is more than 1 folder levels deep "
                                    "(the max_depth setting)")
-    many = Crawl("http://h/l/", max_depth=1, max_entries=2)
+    many = Crawl("http://h/l/", CrawlLimits(max_depth=1, max_entries=2))
     with pytest.raises(ListingLimitReached) as too_many:
         many.visit("", [Child(f"{i}.tif", False) for i in range(3)])
     assert str(too_many.value) == "cannot list http://h/l/: more than 2 files (the max_entries setting)"
+    wide = Crawl("http://h/l/", CrawlLimits(max_folders=3))
+    assert [path for path, _ in wide.visit("", [Child("a", True), Child("b", True)])] == ["a/", "b/"]
+    with pytest.raises(ListingLimitReached) as too_wide:
+        wide.visit("a/", [Child("c", True)])
+    assert str(too_wide.value) == ("cannot list http://h/l/: more than 3 folders (the max_folders setting), "
+                                   "a/c/ among them")
+    assert Settings(_env_file=None).max_folders == 10_000  # type: ignore[call-arg]
 
 
 def test_projet_stockages_become_sources() -> None:
