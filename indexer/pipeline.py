@@ -22,7 +22,7 @@ from sqlalchemy import Engine
 
 from indexer.errors import ReadError, StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileEntry, Record, ScanResult, Signature, SkipReason
-from indexer.projet import Livrable, Projet, load_projet, select_livrable
+from indexer.projet import Livrable, Projet, choose_livrable, load_projet
 from indexer.publish import Publication, publish_outputs
 from indexer.read import parse_dalle, place_proprietary, read_dalle, skip_unread, unreadable
 from indexer.read.describe import parsing_thread
@@ -250,12 +250,17 @@ class Indexed:
 
     result: ScanResult
     publication: Publication
+    livrable: str | None = None
+    """The livrable of the projet the outputs describe, by ``nom``."""
+    chosen: str | None = None
+    """Why that livrable: ``named by --livrable``, ``the projet's only raster livrable``…"""
 
     def summary(self) -> dict[str, object]:
         """The one-line JSON summary of the command."""
         result = self.result
         return {"source": result.source, "indexed": len(result.dalles), "reused": result.reused,
                 "skipped": len(result.problems), "duration_s": round(result.duration_s, 3),
+                "livrable": self.livrable, "livrable_chosen": self.chosen,
                 "outputs": {name: str(path) for name, path in self.publication.paths.items()}}
 
 
@@ -265,9 +270,10 @@ def index_livrable(settings: Settings, source: str, out: Path, projet_location: 
     """Scan a livrable's storage and write its PCRS files into `out`: the one-machine job."""
     projet: Projet | None = None
     livrable: Livrable | None = None
+    chosen: str | None = None
     if projet_location:
         projet = load_projet(projet_location, settings.timeout_s)
-        livrable = select_livrable(projet, livrable_name, source)
+        livrable, chosen = choose_livrable(projet, livrable_name, source)
     concurrency = concurrency or settings.concurrency
     storage = open_storage(source, replace(AccessOptions.from_settings(settings), connections=concurrency))
     engine = create_store(db_url or settings.database_url())
@@ -278,4 +284,4 @@ def index_livrable(settings: Settings, source: str, out: Path, projet_location: 
     finally:
         engine.dispose()
     publication = publish_outputs(out, result, projet, livrable, date.today())
-    return Indexed(result, publication)
+    return Indexed(result, publication, livrable.nom if livrable else None, chosen)

@@ -5,7 +5,7 @@ name with JSON arguments:
 
 - ``pcrs.publish(projet, livrable=None, full=False)``: `projet` is the projet document (an
   object, as the PCRS API serves it) or its URL; queues a scan of each livrable with a stockage
-  (or of `livrable`, by ``nom``). Returns ``{"queued": [...], "refused": [...]}``.
+  (or of `livrable`, by ``nom``), all or nothing. Returns ``{"queued": [...], "refused": [...], "skipped": [...]}``.
 - ``pcrs.scan_storage(scan_id)``: lists the storage of a queued scan, then sends one
   ``pcrs.read_chunk`` per chunk (or ``pcrs.finalize_scan`` when nothing is to be read).
 - ``pcrs.read_chunk(scan_id, chunk)``: reads the chunk's headers and stores the results; the
@@ -181,12 +181,10 @@ def publish(projet: dict[str, Any] | str, livrable: str | None = None, full: boo
                 else Projet.from_document(request.projet))
     try:
         queued = queueing.publish(engine(), document, request.livrable, storage_url, request.full)
-    except LivrableNotFound as exc:
-        return {"queued": [], "refused": [str(exc)]}
+    except (LivrableNotFound, ConfigError) as exc:
+        return {"queued": [], "refused": [str(exc)], "skipped": []}
     enqueue_scans(q.scan for q in queued if q.scan is not None)
-    return {"queued": [{"storage": q.storage, "scan": q.scan, "url": q.url, "livrable": q.livrable}
-                       for q in queued if q.scan is not None],
-            "refused": [q.refused for q in queued if q.refused]}
+    return queueing.publish_summary(queued)
 
 
 @app.task(name="pcrs.requeue")

@@ -51,11 +51,13 @@ def publish(ctx: click.Context, projet_location: str, livrable_name: str | None,
         fail(ctx, exc)
         return
     for q in queued:
-        click.echo(f"livrable {q.livrable!r}: scan {q.scan} of storage {q.storage} ({q.url}) queued"
-                   if q.scan is not None else f"pcrs-indexer: {q.refused}", err=True)
-    click.echo(json.dumps({"queued": [{"storage": q.storage, "scan": q.scan, "url": q.url, "livrable": q.livrable}
-                                      for q in queued if q.scan is not None],
-                           "refused": [q.refused for q in queued if q.refused]}, ensure_ascii=False))
+        if q.scan is not None:
+            click.echo(f"livrable {q.livrable!r}: scan {q.scan} of storage {q.storage} ({q.url}) queued", err=True)
+        elif q.skipped is not None:
+            click.echo(f"livrable {q.livrable!r} skipped: {q.skipped}", err=True)
+        else:
+            click.echo(f"pcrs-indexer: {q.refused}", err=True)
+    click.echo(json.dumps(queueing.publish_summary(queued), ensure_ascii=False))
 
 
 @click.command()

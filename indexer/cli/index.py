@@ -39,6 +39,8 @@ def index(ctx: click.Context, source: str, out: Path, projet_location: str | Non
         return
     summary = indexed.summary()
     if not quiet:
+        if indexed.livrable is not None:
+            click.echo(f"livrable {indexed.livrable!r} ({indexed.chosen})", err=True)
         click.echo(f"{summary['indexed']} dalles indexed, {summary['reused']} reused, "
                    f"{summary['skipped']} skipped, in {summary['duration_s']} s -> {out}", err=True)
     click.echo(json.dumps(summary, ensure_ascii=False))

@@ -10,12 +10,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine
 
-from indexer.errors import IndexerError, LivrableNotFound, ScanRunning
+from indexer.errors import ConfigError, IndexerError, LivrableNotFound, ScanRunning
 from indexer.models import Trigger
-from indexer.projet import Projet, livrable_source
+from indexer.projet import Livrable, Projet, livrable_source
 from indexer.store import catalog, queries, scans
 from indexer.store.engine import now
 
@@ -24,18 +25,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """A scan asked for: the storage and the scan queued, or why none was."""
+    """A scan asked for: the storage and the scan queued, or why none was, or why the livrable was skipped."""
 
     storage: int | None
     url: str | None
     scan: int | None
     livrable: str | None = None
     reason: str | None = None
+    skipped: str | None = None
+    """Why the livrable has nothing to scan (no stockage, vector data, an external URL)."""
 
     @property
     def refused(self) -> str | None:
-        """Why no scan was queued, for the user."""
-        if self.scan is not None:
+        """Why no scan was queued, for the user; None when one was, or the livrable was skipped."""
+        if self.scan is not None or self.skipped is not None:
             return None
         if self.reason is not None:
             return self.reason
@@ -55,7 +58,7 @@ def queue_scan(engine: Engine, storage: int, trigger: str, full: bool = False) -
 
 def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_url: Callable[[str], str],
             full: bool = False) -> list[Queued]:
-    """Record the livrables of a projet that have a stockage, and queue a scan of each.
+    """Record the livrables of a projet that have dalles to scan, and queue a scan of each.
 
     Args:
         engine: the state store.
@@ -65,33 +68,55 @@ def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_u
             `indexer.storages.open_storage(source).url` gives it.
         full: read every dalle again instead of reusing unchanged ones.
 
-    A storage being scanned already is not queued twice; its livrable's document is updated all
-    the same, and the running scan publishes with it. A livrable without stockage is left out; one
-    whose stockage does not make a storage URL is refused, with the reason.
+    All or nothing: every livrable is checked before anything is recorded, and one whose
+    stockage makes no storage URL refuses the whole projet (`ConfigError`, one line giving each
+    livrable's reason). A livrable without dalles to scan (no stockage, vector data, an external
+    URL) is skipped, with the reason. A storage being scanned already is not queued twice; its
+    livrable's document is updated all the same, and the running scan publishes with it.
     """
     chosen = [liv for liv in projet.livrables if livrable_name is None or liv.nom == livrable_name]
     if livrable_name is not None and not chosen:
         raise LivrableNotFound(f"livrable {livrable_name!r} not found in projet {projet.nom or projet.id!r}")
+    skipped = [Queued(None, None, None, liv.nom, skipped=why) for liv in chosen
+               if (why := liv.unscannable()) is not None]
+    planned = _plan(projet, [liv for liv in chosen if liv.unscannable() is None], storage_url)
     document = projet.model_dump(mode="json")
     queued = []
-    for livrable in chosen:
-        if not livrable.stockage:
-            log.info("livrable without stockage", extra={"projet": projet.id, "livrable": livrable.nom})
-            continue
-        try:
-            source = livrable_source(livrable)
-            url = storage_url(source)
-        except IndexerError as exc:
-            prefix = f"livrable {livrable.nom!r}: "
-            reason = str(exc) if str(exc).startswith(prefix) else prefix + str(exc)
-            queued.append(Queued(None, None, None, livrable.nom, reason))
-            continue
+    for livrable, source, url in planned:
         storage = catalog.storage_id(engine, url)
         catalog.save_livrable(engine, storage, source, livrable.nom, projet.id, document)
         scan = scans.claim_scan(engine, storage, Trigger.PUBLISH, full)
         queued.append(Queued(storage, url, scan, livrable.nom))
         log.info("livrable published", extra={"storage": url, "livrable": livrable.nom, "scan": scan})
-    return queued
+    for q in skipped:
+        log.info("livrable skipped", extra={"projet": projet.id, "livrable": q.livrable, "reason": q.skipped})
+    return queued + skipped
+
+
+def publish_summary(queued: list[Queued]) -> dict[str, list[Any]]:
+    """What a publication did, as the command prints it and the task returns it."""
+    return {"queued": [{"storage": q.storage, "scan": q.scan, "url": q.url, "livrable": q.livrable}
+                       for q in queued if q.scan is not None],
+            "refused": [q.refused for q in queued if q.refused],
+            "skipped": [{"livrable": q.livrable, "reason": q.skipped} for q in queued if q.skipped]}
+
+
+def _plan(projet: Projet, livrables: list[Livrable], storage_url: Callable[[str], str]
+          ) -> list[tuple[Livrable, str, str]]:
+    """(livrable, source URL, storage identity) of each livrable; `ConfigError` if any makes no storage."""
+    planned, refused = [], []
+    for livrable in livrables:
+        prefix = f"livrable {livrable.nom!r}: "
+        try:
+            source = livrable_source(livrable)
+            planned.append((livrable, source, storage_url(source)))
+        except IndexerError as exc:
+            refused.append(str(exc) if str(exc).startswith(prefix) else prefix + str(exc))
+        except ValueError as exc:  # a URL the transport cannot parse
+            refused.append(f"{prefix}its storage URL is not valid ({exc})")
+    if refused:
+        raise ConfigError(f"projet {projet.nom or projet.id!r} not published, nothing queued: " + "; ".join(refused))
+    return planned
 
 
 def queue_due(engine: Engine, every_s: float, limit: int, at: datetime | None = None) -> list[Queued]:

@@ -157,7 +157,8 @@ def test_publish_gives_the_outputs_of_index(service: Service, engine: Engine, sa
     service.configure(chunk_size=4)
     service.worker()
     published = service.cli_json("publish", str(projet))
-    assert published == {"queued": [{"storage": 1, "scan": 1, "url": url, "livrable": "Ortho 2025"}], "refused": []}
+    assert published == {"queued": [{"storage": 1, "scan": 1, "url": url, "livrable": "Ortho 2025"}], "refused": [],
+                         "skipped": []}
     done = wait_scan(engine)
     assert (done.scan, done.step, done.trigger, done.listed, done.to_read, done.read, done.reused, done.skipped,
             done.chunks, done.chunks_done, done.error) == (1, "done", "publish", 23, 22, 22, 0, 7, 6, 6, None)
@@ -415,7 +416,8 @@ def test_export_streams_every_published_livrable(service: Service, engine: Engin
         document = json.loads(projet_file(tmp_path, str(big_livrable), "Ortho grand").read_text())
         sent = client.send_task("pcrs.publish", kwargs={"projet": document}, queue="pcrs")
         assert sent.get(timeout=60) == {"queued": [{"storage": 2, "scan": 2, "url": big_livrable.as_uri(),
-                                                    "livrable": "Ortho grand"}], "refused": []}
+                                                    "livrable": "Ortho grand"}], "refused": [],
+                                                    "skipped": []}
     finally:
         client.close()
     wait_scan(engine, 1)

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, func, inspect, select
 
 from indexer.cli import main
-from indexer.errors import LivrableNotFound, ScanRunning
+from indexer.errors import ConfigError, LivrableNotFound, ScanRunning
 from indexer.models import Dalle, DalleProblem
 from indexer.pipeline import ScanOptions, scan_storage
 from indexer.projet import Projet
@@ -233,12 +233,15 @@ def test_publication_refuses_livrables_without_a_usable_stockage(store: Engine, 
     doc["livrables"] = [good, {**good, "nom": "Papier", "stockage": None},
                         {**good, "nom": "Ailleurs", "stockage_params": {"url": "gopher://example.test/x"}},
                         {**good, "nom": "Inconnu", "stockage": "webdav"}]
-    queued = queueing.publish(store, Projet.from_document(doc), None, storage_url)
-    assert [(q.livrable, q.scan, q.refused) for q in queued] == [
-        ("Ortho 2025", 1, None),
-        ("Ailleurs", None, "livrable 'Ailleurs': gopher://example.test/x: unsupported scheme 'gopher' "
-                           "(use a folder, file://, http(s)://, ftp(s)://, sftp:// or s3://)"),
-        ("Inconnu", None, "livrable 'Inconnu': stockage 'webdav' is not supported (http, ftp, sftp, s3)")]
+    with pytest.raises(ConfigError) as refused:
+        queueing.publish(store, Projet.from_document(doc), None, storage_url)
+    assert str(refused.value) == (
+        "projet 'PCRS Métropole Test' not published, nothing queued: livrable 'Ailleurs': gopher://example.test/x: "
+        "unsupported scheme 'gopher' (use a folder, file://, http(s)://, ftp(s)://, sftp:// or s3://); "
+        "livrable 'Inconnu': stockage 'webdav' is not supported (http, ftp, sftp, s3)")
+    assert queries.storage_rows(store) == []
+    queued = queueing.publish(store, Projet.from_document(doc), "Papier", storage_url)
+    assert [(q.livrable, q.scan, q.refused, q.skipped) for q in queued] == [("Papier", None, None, "no stockage")]
     with pytest.raises(LivrableNotFound):
         queueing.publish(store, Projet.from_document(doc), "Absent", storage_url)
 

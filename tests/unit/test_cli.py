@@ -107,10 +107,12 @@ def test_livrables_geojson(indexed: Path, sample_livrable: Path) -> None:
     assert feature["properties"] == {
         "initiative": "6523f6b0c3a5d1a2b3c4d5e6", "dateActualite": "2025-09-15", "calendrier": "01",
         "nom": "Ortho 2025", "format": None, "compression": None, "epsg": "EPSG:2154", "taille": taille,
-        "recouvrLat": 30.0, "recouvrLon": 60.0, "focale": 100, "licence": "ouvert_lo",
+        "recouvrLat": 30, "recouvrLon": 60, "focale": 100, "licence": "ouvert_lo",
         "subventions": ["feder", "cepr"], "acteurs": ["Métropole Test", "Enedis"], "diffusion": "wms",
         "diffusionUrl": "https://example.test/wms", "diffusionLayer": "ortho2025",
     }
+    # The document's numbers as it wrote them: 30 and 60, not 30.0 and 60.0.
+    assert '"recouvrLat":30,"recouvrLon":60,' in (indexed / "livrables.geojson").read_text(encoding="utf-8")
     emprise = shape(feature["geometry"])
     assert emprise.geom_type == "Polygon" and emprise.is_valid
     assert len(emprise.interiors) == 1  # the missing dalle
@@ -180,3 +182,19 @@ def test_unknown_livrable_exits_4(sample_livrable: Path, tmp_path: Path) -> None
                  str(tmp_path / "projet.json"), "--livrable", "Autre", "--db", f"sqlite:///{tmp_path / 's'}")
     assert result.exit_code == 4
     assert result.stderr == "pcrs-indexer: error: livrable 'Autre' not found in projet 'PCRS Métropole Test'\n"
+
+
+def test_the_only_raster_livrable_is_chosen_and_said(sample_livrable: Path, tmp_path: Path) -> None:
+    doc = json.loads(json.dumps(PROJET))
+    ortho = {**doc["livrables"][0], "nature": "jpeg2000", "stockage_params": {"url": "https://elsewhere.test/o/"}}
+    vecteur = {**ortho, "nom": "Corps de rue", "nature": "gml", "stockage_params": {"url": "https://v.test/"}}
+    doc["livrables"] = [vecteur, ortho]
+    (tmp_path / "projet.json").write_text(json.dumps(doc), encoding="utf-8")
+    result = run("index", str(sample_livrable), "--out", str(tmp_path / "out"), "--projet",
+                 str(tmp_path / "projet.json"), "--db", f"sqlite:///{tmp_path / 's.sqlite'}")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["livrable"], summary["livrable_chosen"]) == ("Ortho 2025", "the projet's only raster livrable")
+    assert result.stderr.splitlines()[0] == "livrable 'Ortho 2025' (the projet's only raster livrable)"
+    props = load(tmp_path / "out" / "livrables.geojson")["features"][0]["properties"]
+    assert props["nom"] == "Ortho 2025"
