@@ -127,14 +127,19 @@ class Projet(_Doc):
             raise ConfigError(f"invalid projet document: {where}: {first['msg']}") from exc
 
 
-def load_projet(location: str, timeout_s: float = 30.0) -> Projet:
-    """Read a projet document from a file path or an http(s) URL."""
+def load_projet(location: str, timeout_s: float = 30.0, token: str | None = None) -> Projet:
+    """Read a projet document from a file path or an http(s) URL.
+
+    `token` is sent as the PCRS site expects it (``Authorization: Token …``): with it, the site
+    includes the ``stockage_params`` of private stockages (``stockage_public: false``).
+    """
     scheme = urlsplit(location).scheme.lower()
     try:
         if scheme in ("http", "https"):
             fs = HTTPFileSystem(client_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
                                 skip_instance_cache=True)
-            text = fs.cat_file(location).decode("utf-8")
+            headers = {"Authorization": f"Token {token}"} if token else {}
+            text = fs.cat_file(location, headers=headers).decode("utf-8")
         else:
             text = Path(location).read_text(encoding="utf-8")
         doc = json.loads(text)

@@ -9,7 +9,7 @@ from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint (OVH, Scaleway, MinIO…); default AWS.")
     s3_region: str | None = Field(default=None, description="S3 region; default the AWS configuration's.")
+    projet_api_url: str = Field(
+        default="https://pcrs.beta.gouv.fr/",
+        description="The PCRS site's API: projet URLs below it are fetched with projet_api_token.")
+    projet_api_token: SecretStr | None = Field(
+        default=None, description="A token of the PCRS site (admin, or the projet's editor key) for the "
+                                  "private stockages' parameters; sent only to projet_api_url.")
 
     @field_validator("allowed_networks", mode="before")
     @classmethod
@@ -64,6 +70,13 @@ class Settings(BaseSettings):
                 ip_network(str(network), strict=False)
             return [str(network) for network in value]
         return value
+
+    def projet_token(self, location: str) -> str | None:
+        """The token to fetch a projet URL with: `projet_api_token` for a URL below `projet_api_url`, else None."""
+        base = self.projet_api_url.rstrip("/") + "/"
+        if self.projet_api_token is None or not location.startswith(base):
+            return None
+        return self.projet_api_token.get_secret_value()
 
     def database_url(self) -> str:
         """The state store URL: ``db_url`` when set, else a SQLite file in ``data_dir``."""

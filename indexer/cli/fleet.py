@@ -44,7 +44,7 @@ def publish(ctx: click.Context, projet_location: str, livrable_name: str | None,
     try:
         import tasks.jobs
 
-        projet = load_projet(projet_location, settings.timeout_s)
+        projet = load_projet(projet_location, settings.timeout_s, settings.projet_token(projet_location))
         queued = queueing.publish(open_store(db_url), projet, livrable_name, tasks.jobs.storage_url, full)
         tasks.jobs.enqueue_scans(q.scan for q in queued if q.scan is not None)
     except IndexerError as exc:
