@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -32,6 +32,7 @@ from fsspec.asyn import get_loop, sync
 
 from indexer.errors import ForbiddenAddress, NotFound, ReadError
 from indexer.models import FileEntry
+from indexer.read.formats import raster_mime
 from indexer.storages.access import (
     AccessOptions,
     Failure,
@@ -103,6 +104,13 @@ def guarded_socket_factory(addresses: AddressPolicy) -> Callable[[Any], socket.s
     return make
 
 
+def _single_file(url: str) -> str | None:
+    """The name of the dalle a URL names (its last segment has a raster extension, no query), else None."""
+    parts = urlsplit(url)
+    name = unquote(parts.path.rsplit("/", 1)[-1])
+    return name if name and not parts.query and not parts.fragment and raster_mime(name) else None
+
+
 def _http_last_modified(value: str | None) -> str | None:
     if not value:
         return None
@@ -125,9 +133,14 @@ class HTTPListingStorage(Storage):
         ssl_context: ssl.SSLContext | None = None,
         connections: int = 32,
     ) -> None:
-        self.root_url = url if url.endswith("/") else url + "/"
+        self.single = _single_file(url)
+        """The file's name when the URL names one dalle (``…/dalle.tif``): the storage is that file."""
+        if self.single is not None:
+            self.root_url, self.url = url[: url.rfind("/") + 1], mask_url(url)
+        else:
+            self.root_url = url if url.endswith("/") else url + "/"
+            self.url = mask_url(self.root_url)
         self.connections = connections
-        self.url = mask_url(self.root_url)
         self.policy = policy
         self.user_agent = user_agent
         self.limits = limits or CrawlLimits()
@@ -162,7 +175,13 @@ class HTTPListingStorage(Storage):
         return self._refs.get(path) or self.root_url + quote(path, safe="/")
 
     def list_files(self) -> list[FileEntry]:
-        """Crawl the listing pages below the root."""
+        """Crawl the listing pages below the root; for a one-file storage, that file (a HEAD)."""
+        if self.single is not None:
+            try:
+                return [self.stat(FileEntry(self.single, None, None, None))]
+            except ReadError as exc:
+                cause = exc.__cause__
+                raise listing_failure(self.url, "", cause if isinstance(cause, ForbiddenAddress) else exc) from None
         return sync(self.loop, self._crawl)  # type: ignore[no-any-return]
 
     async def _page(self, url: str) -> str:
