@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Engine
@@ -40,15 +41,24 @@ class Publication:
     """Seconds computing the emprise."""
 
 
-def report(result: ScanResult) -> dict[str, Any]:
-    """The scan report: counts and every skipped file with its reason. Never a credential."""
+def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
+    """The scan report: counts and every skipped file with its reason. Never a credential.
+
+    A `private` storage's report names no connection detail: its ``source`` is null and its
+    host never appears in a detail.
+    """
+    host = urlsplit(result.source).hostname if private else None
+
+    def shown(detail: str) -> str:
+        return detail.replace(result.source, "***").replace(host, "***") if host else detail
+
     return {
-        "source": result.source,
+        "source": None if private else result.source,
         "listed_files": result.listed_files,
         "raster_files": result.raster_files,
         "indexed": len(result.dalles),
         "reused": result.reused,
-        "skipped": [{"path": p.path, "reason": p.reason, "detail": p.detail}
+        "skipped": [{"path": p.path, "reason": p.reason, "detail": shown(p.detail)}
                     for p in sorted(result.problems, key=lambda p: p.path)],
         "duration_s": round(result.duration_s, 3),
     }
@@ -69,7 +79,8 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
     with atomic_writer(paths["livrables"]) as f:
         write_feature_collection(f, [feature])
     with atomic_writer(paths["report"]) as f:
-        json.dump(report(result), f, ensure_ascii=False, indent=2)
+        json.dump(report(result, private=livrable is not None and livrable.stockage_public is False), f,
+                  ensure_ascii=False, indent=2)
         f.write("\n")
     return Publication(paths, emprise, feature, emprise_s)
 
