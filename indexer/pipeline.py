@@ -24,7 +24,7 @@ from indexer.errors import ReadError, StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileEntry, Record, ScanResult, Signature, SkipReason
 from indexer.projet import Livrable, Projet, choose_livrable, load_projet
 from indexer.publish import Publication, publish_outputs
-from indexer.read import parse_dalle, place_proprietary, read_dalle, skip_unread, unreadable
+from indexer.read import failed, parse_dalle, place_proprietary, read_dalle, skip_unread, unreadable
 from indexer.read.describe import parsing_thread
 from indexer.read.formats import Listing
 from indexer.settings import Settings
@@ -164,7 +164,11 @@ class _CoroutineReader:
 
     def _parse(self, batch: list[_Fetched]) -> None:
         for index, entry, prefix in batch:
-            self._set(index, parse_dalle(self.storage, entry, prefix, self.listing.sidecars_of(entry)))
+            try:
+                result = parse_dalle(self.storage, entry, prefix, self.listing.sidecars_of(entry))
+            except Exception as exc:  # one dalle never stops the others
+                result = failed(entry, exc)
+            self._set(index, result)
 
     async def _fetch(self, pending: Iterator[tuple[int, FileEntry]], fetched: asyncio.Queue[_Fetched | None]) -> None:
         for index, entry in pending:
@@ -176,6 +180,8 @@ class _CoroutineReader:
                 prefix, entry = await self.reads.read_start(entry, self.options.header_bytes)
             except ReadError as exc:
                 self._set(index, unreadable(entry, exc))
+            except Exception as exc:  # one dalle never stops the others
+                self._set(index, failed(entry, exc))
             else:
                 await fetched.put((index, entry, prefix))
 

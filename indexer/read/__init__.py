@@ -8,6 +8,7 @@ structure against the file size (`tiff`, `jp2`), then describes the raster as GD
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,12 +20,16 @@ from indexer.models import Dalle, DalleProblem, FileEntry, Record, SkipReason
 from indexer.read import describe
 from indexer.read.describe import Descriptions, corners, problem, resolution_cm
 from indexer.read.formats import DRIVERS, PROPRIETARY_FORMATS, Listing, raster_mime, suffix
-from indexer.read.jp2 import read_jp2_header
+from indexer.read.jp2 import is_jpeg2000, read_jp2_header
 from indexer.read.sidecars import has_world_file, read_georef
 from indexer.read.tiff import read_tiff_header
 from indexer.read.view import ByteView, Finding, RangeReader
 
-__all__ = ["parse_dalle", "place_proprietary", "read_dalle", "skip_unread", "unreadable"]
+__all__ = ["failed", "parse_dalle", "place_proprietary", "read_dalle", "skip_unread", "unreadable"]
+
+log = logging.getLogger(__name__)
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 class HeaderSource(RangeReader, Protocol):
@@ -45,6 +50,8 @@ def read_dalle(storage: HeaderSource, entry: FileEntry, sidecars: list[FileEntry
         prefix, entry = storage.read_start(entry, header_bytes)
     except ReadError as exc:
         return unreadable(entry, exc)
+    except Exception as exc:  # one dalle never stops the others
+        return failed(entry, exc)
     return parse_dalle(storage, entry, prefix, sidecars)
 
 
@@ -65,17 +72,45 @@ def unreadable(entry: FileEntry, exc: ReadError) -> DalleProblem:
     return DalleProblem(entry, SkipReason.UNREADABLE, str(exc))
 
 
+def failed(entry: FileEntry, exc: Exception) -> DalleProblem:
+    """The problem of a dalle whose reading failed in a way nobody foresaw: logged, named, and only its own."""
+    log.warning("dalle not read", extra={"path": entry.path, "error": repr(exc)}, exc_info=exc)
+    return DalleProblem(entry, SkipReason.UNREADABLE if isinstance(exc, OSError) else SkipReason.CORRUPT,
+                        f"the header cannot be read: {type(exc).__name__}: {exc}".replace("\n", " ")[:200])
+
+
+def sniff(prefix: bytes, mime: str) -> str:
+    """The format of a file by its first bytes, as GDAL chooses its driver; by its name when they say nothing."""
+    if prefix[:4] in _TIFF_MAGIC:
+        return "image/tiff"
+    if is_jpeg2000(prefix):
+        return "image/jp2"
+    return mime
+
+
 def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars: list[FileEntry] | None = None,
                 descriptions: Descriptions | None = None) -> Record:
     """The record of a dalle from the first bytes `Storage.read_start` gave, with the entry it completed.
 
     Reads more of the storage only for a header longer than `prefix` or for sidecar files. A
     header whose structure and GeoKeys (or GeoJP2 box) were seen before needs no GDAL at all.
-    `descriptions` defaults to the process's (`indexer.read.describe.DESCRIPTIONS`).
+    `descriptions` defaults to the process's (`indexer.read.describe.DESCRIPTIONS`). Whatever
+    the file holds, the answer is a record: a failure nobody foresaw is this dalle's problem
+    (`corrupt`, the error named), never the scan's.
     """
     mime = raster_mime(entry.path)
     if mime is None:
         raise ValueError(f"{entry.path} is not a raster candidate")
+    try:
+        return _parse(storage, entry, sniff(prefix, mime), prefix, sidecars, descriptions or describe.DESCRIPTIONS)
+    except ReadError as exc:
+        return problem(entry, entry.size, SkipReason.UNREADABLE, str(exc))
+    except Exception as exc:  # one file's bytes must never stop a livrable
+        return failed(entry, exc)
+
+
+def _parse(storage: RangeReader, entry: FileEntry, mime: str, prefix: bytes, sidecars: list[FileEntry] | None,
+           descriptions: Descriptions) -> Record:
     size = entry.size or 0
     if size == 0:
         return problem(entry, 0, SkipReason.EMPTY, "0-byte file")
@@ -83,14 +118,10 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
         name = "ECW" if mime == "image/ecw" else "MrSID"
         return problem(entry, size, SkipReason.UNSUPPORTED, f"{name} is a proprietary format no open driver reads")
     view = ByteView(prefix, size, lambda start, end: storage.read_range(entry.path, start, end))
-    try:
-        parsed = read_tiff_header(view) if mime == "image/tiff" else read_jp2_header(view)
-    except ReadError as exc:
-        return problem(entry, size, SkipReason.UNREADABLE, str(exc))
+    parsed = read_tiff_header(view) if mime == "image/tiff" else read_jp2_header(view)
     if isinstance(parsed, Finding):
         return problem(entry, size, parsed.reason, parsed.detail)
-    return describe.describe_header(storage, entry, size, mime, view, parsed, sidecars,
-                                    descriptions or describe.DESCRIPTIONS)
+    return describe.describe_header(storage, entry, size, mime, view, parsed, sidecars, descriptions)
 
 
 def place_proprietary(storage: RangeReader, listing: Listing, results: Sequence[Record]) -> list[Record]:

@@ -14,9 +14,12 @@ import math
 import re
 import sys
 import threading
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from enum import Enum
+from typing import Any, TypeVar
+from xml.sax.saxutils import escape
 
 import rasterio
 from affine import Affine
@@ -29,7 +32,7 @@ from indexer.errors import ReadError
 from indexer.models import Dalle, DalleProblem, FileEntry, Point, Record, SkipReason
 from indexer.read.formats import DRIVERS
 from indexer.read.jp2 import Jp2Header
-from indexer.read.sidecars import Georef, read_georef
+from indexer.read.sidecars import Georef, read_georef, read_pam
 from indexer.read.tiff import TiffHeader, model_transform, read_tiff_header, without_geokeys
 from indexer.read.view import ByteView, Finding, RangeReader
 
@@ -43,22 +46,22 @@ GDAL_ENV = {
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.jp2",
 }
 
-# GDAL's names of colour interpretations and data types, as `gdalinfo` prints them.
-_COLOUR_NAMES = {
-    ColorInterp.undefined: "Undefined", ColorInterp.gray: "Gray", ColorInterp.palette: "Palette",
-    ColorInterp.red: "Red", ColorInterp.green: "Green", ColorInterp.blue: "Blue",
-    ColorInterp.alpha: "Alpha", ColorInterp.hue: "Hue", ColorInterp.saturation: "Saturation",
-    ColorInterp.lightness: "Lightness", ColorInterp.cyan: "Cyan", ColorInterp.magenta: "Magenta",
-    ColorInterp.yellow: "Yellow", ColorInterp.black: "Black", ColorInterp.Y: "YCbCr_Y",
-    ColorInterp.Cb: "YCbCr_Cb", ColorInterp.Cr: "YCbCr_Cr",
-}
+# GDAL's names of colour interpretations (by GDALColorInterp value) and data types, as `gdalinfo` prints them.
+_COLOUR_NAMES = (
+    "Undefined", "Gray", "Palette", "Red", "Green", "Blue", "Alpha", "Hue", "Saturation", "Lightness", "Cyan",
+    "Magenta", "Yellow", "Black", "YCbCr_Y", "YCbCr_Cb", "YCbCr_Cr", "Pan", "Coastal", "RedEdge", "NIR", "SWIR",
+    "MWIR", "LWIR", "TIR", "OtherIR", "IR_Reserved_1", "IR_Reserved_2", "IR_Reserved_3", "IR_Reserved_4",
+    "SAR_Ka", "SAR_K", "SAR_Ku", "SAR_X", "SAR_C", "SAR_S", "SAR_L", "SAR_P", "SAR_Reserved_1", "SAR_Reserved_2",
+)
 _TYPE_NAMES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                "int32": "Int32", "uint64": "UInt64", "int64": "Int64", "float32": "Float32",
                "float64": "Float64", "complex64": "CFloat32", "complex128": "CFloat64",
                "complex_int16": "CInt16"}
 
 LARGE_HEADER_BYTES = 1 << 20
-"""The least read again, from the start, for a header longer than the first read."""
+"""The least read again, from the start, when GDAL cannot open the parts of a header read so far."""
+MAX_COORDINATE = 1e10
+"""The largest coordinate a footprint corner may have in any CRS (metres or degrees): beyond is no place."""
 
 
 def resolution_cm(transform: Affine) -> float:
@@ -79,8 +82,20 @@ _IDENTITY = tuple(Affine.identity())[:6]
 
 
 def is_georeferenced(transform: Affine) -> bool:
-    """Whether a geotransform places the raster: GDAL gives the identity to one it cannot place."""
-    return tuple(transform)[:6] != _IDENTITY
+    """Whether a geotransform places the raster: GDAL gives the identity (or, for some JPEG 2000
+    codestreams, zeros) to one it cannot place."""
+    return tuple(transform)[:6] != _IDENTITY and transform.a * transform.e - transform.b * transform.d != 0
+
+
+def unusable_geotransform(transform: Affine, width: int, height: int) -> str | None:
+    """Why a geotransform cannot place a raster (not finite, corners beyond any CRS), or None."""
+    values = tuple(transform)[:6]
+    if not all(math.isfinite(v) for v in values):
+        return "the geotransform is not finite (" + ", ".join(f"{v:.12g}" for v in values) + ")"
+    if any(not abs(v) <= MAX_COORDINATE for point in corners(transform, width, height) for v in point):
+        return f"the geotransform places corners beyond {MAX_COORDINATE:g} (" + ", ".join(
+            f"{v:.12g}" for v in values) + ")"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,11 +114,17 @@ def raster_info(src: DatasetReader, mime: str) -> RasterInfo:
     if mime == "image/jp2":
         reversibility = src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION_REVERSIBILITY", "")
         compression: str | None = "LOSSLESS" if reversibility.startswith("LOSSLESS") else "LOSSY"
-    else:
-        compression = src.compression.name.upper() if src.compression else "NONE"
-    bands = tuple(f"{_COLOUR_NAMES.get(ci, ci.name.capitalize())}({_TYPE_NAMES.get(dt, dt)})"
+    else:  # rasterio's name when it knows the codec, else GDAL's (PIXARLOG, SGILOG, NEXT...)
+        method: Any = src.compression
+        compression = (method.value if isinstance(method, Enum) else str(method)).upper() if method else "NONE"
+    bands = tuple(f"{_colour_name(ci)}({_TYPE_NAMES.get(dt, dt)})"
                   for ci, dt in zip(src.colorinterp, src.dtypes, strict=True))
     return RasterInfo(src.width, src.height, bands, compression)
+
+
+def _colour_name(interpretation: ColorInterp) -> str:
+    value = int(interpretation.value)
+    return _COLOUR_NAMES[value] if 0 <= value < len(_COLOUR_NAMES) else "Undefined"
 
 
 def problem(entry: FileEntry, size: int | None, reason: SkipReason, detail: str) -> DalleProblem:
@@ -111,16 +132,23 @@ def problem(entry: FileEntry, size: int | None, reason: SkipReason, detail: str)
     return DalleProblem(entry if entry.size == size else replace(entry, size=size), reason, detail)
 
 
-def record_of(entry: FileEntry, size: int, mime: str, info: RasterInfo, transform: Affine, crs_wkt: str | None
-              ) -> Record:
+def record_of(entry: FileEntry, size: int, mime: str, info: RasterInfo, transform: Affine, crs_wkt: str | None,
+              pam: Georef | None = None) -> Record:
     """The record of a raster described by `info` and placed by `transform` in `crs_wkt`, or why it
-    cannot be indexed."""
-    if info.width == 0 or info.height == 0 or not info.bands:
+    cannot be indexed. GDAL's ``.aux.xml`` (`pam`) takes precedence over the header, as in GDAL."""
+    if pam is not None:
+        transform, crs_wkt = pam.transform or transform, pam.crs_wkt or crs_wkt
+    if info.width == 0 or info.height == 0:
         return problem(entry, size, SkipReason.EMPTY, f"the raster has no pixels ({info.height}x{info.width})")
+    if not info.bands:
+        return problem(entry, size, SkipReason.CORRUPT, "GDAL finds no band in it")
     if not is_georeferenced(transform) or not crs_wkt:
         missing = "geotransform" if not is_georeferenced(transform) else "CRS"
         return problem(entry, size, SkipReason.NOT_GEOREFERENCED,
                        f"no {missing} in the header nor in a sidecar file")
+    unusable = unusable_geotransform(transform, info.width, info.height)
+    if unusable is not None:
+        return problem(entry, size, SkipReason.NOT_GEOREFERENCED, unusable)
     crs_wkt = sys.intern(crs_wkt)  # one string per CRS, not one per dalle
     return Dalle(
         file=entry if entry.size == size else replace(entry, size=size),
@@ -138,7 +166,8 @@ def record_of(entry: FileEntry, size: int, mime: str, info: RasterInfo, transfor
 
 
 def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReader,
-                       georef: Georef | None = None, crs_wkt: str | None = None) -> Record:
+                       georef: Georef | None = None, crs_wkt: str | None = None, pam: Georef | None = None
+                       ) -> Record:
     """The record of a dataset opened from `entry`, or why it cannot be indexed.
 
     Args:
@@ -148,6 +177,7 @@ def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReade
         src: the open dataset (header only, no pixel is read).
         georef: georeferencing from sidecar files, used where the header has none.
         crs_wkt: the header's CRS when it was read from identical GeoKeys already (`src` then has none).
+        pam: georeferencing of GDAL's ``.aux.xml``, which takes precedence over the header.
     """
     info = raster_info(src, mime)
     transform = src.transform
@@ -155,7 +185,7 @@ def dalle_from_dataset(entry: FileEntry, size: int, mime: str, src: DatasetReade
     if georef is not None:
         transform = transform if is_georeferenced(transform) else georef.transform or transform
         crs_wkt = crs_wkt or georef.crs_wkt
-    return record_of(entry, size, mime, info, transform, crs_wkt)
+    return record_of(entry, size, mime, info, transform, crs_wkt, pam)
 
 
 class Descriptions:
@@ -199,15 +229,30 @@ DESCRIPTIONS = Descriptions()
 
 
 def geojp2_georef(header: Jp2Header, descriptions: Descriptions) -> Georef | None:
-    """Georeferencing of a GeoJP2 box, read as the small GeoTIFF it is, with the CRS cache of dalles.
+    """Georeferencing of the GeoJP2 boxes, chosen as GDAL does; None when GDAL had better read them itself.
 
-    GDAL would read the same box, building the CRS from its GeoKeys for every file; when the box
-    gives a geotransform and a CRS, the JPEG 2000 itself is opened without georeferencing. GeoKeys
-    seen before and a plain tiepoint with a pixel scale need no GDAL at all.
+    GDAL takes the first box with a CRS, or a later one when that CRS is a local one, or else the
+    last with a geotransform. Only a choice giving both a geotransform and a CRS is returned: the
+    JPEG 2000 itself is then opened without georeferencing.
     """
-    if header.geojp2 is None:
-        return None
-    box = ByteView(header.geojp2, len(header.geojp2), lambda start, end: b"")
+    found = [_geojp2_box(box, descriptions) for box in header.geojp2]
+    best: Georef | None = None
+    for georef in found:
+        if georef is not None and georef.crs_wkt and (best is None or _is_local(best.crs_wkt)):
+            best = georef
+    if best is None:
+        best = next((g for g in reversed(found) if g is not None and g.transform is not None), None)
+    return best if best is not None and best.transform is not None and best.crs_wkt else None
+
+
+def _is_local(crs_wkt: str | None) -> bool:
+    return bool(crs_wkt) and str(crs_wkt).lstrip().upper().startswith(("LOCAL_CS", "ENGCRS", "ENGINEERINGCRS"))
+
+
+def _geojp2_box(geotiff: bytes, descriptions: Descriptions) -> Georef | None:
+    """The geotransform and CRS of one GeoJP2 box, read as the small GeoTIFF it is, with the CRS
+    cache of dalles (GeoKeys seen before and a plain tiepoint with a pixel scale need no GDAL)."""
+    box = ByteView(geotiff, len(geotiff), lambda start, end: b"")
     tiff = read_tiff_header(box)
     if isinstance(tiff, Finding) and tiff.reason == SkipReason.CORRUPT:
         return None
@@ -215,15 +260,13 @@ def geojp2_georef(header: Jp2Header, descriptions: Descriptions) -> Georef | Non
     transform = model_transform(tiff) if isinstance(tiff, TiffHeader) else None
     if known is not None and transform is not None:
         return Georef(transform, known)
-    data = without_geokeys(header.geojp2, tiff) if known and isinstance(tiff, TiffHeader) else header.geojp2
+    data = without_geokeys((0, geotiff), tiff) if known and isinstance(tiff, TiffHeader) else geotiff
     try:
         with gdal_env(), MemoryFile(data) as mem, mem.open(driver="GTiff") as src:
             crs_wkt = known or (src.crs.to_wkt() if src.crs else None)
-            if not is_georeferenced(src.transform) or crs_wkt is None:
-                return None
-            if known is None and isinstance(tiff, TiffHeader) and tiff.geokeys is not None:
+            if known is None and isinstance(tiff, TiffHeader) and tiff.geokeys is not None and crs_wkt:
                 descriptions.remember_crs(tiff.geokeys, crs_wkt)
-            return Georef(src.transform, crs_wkt)
+            return Georef(src.transform if is_georeferenced(src.transform) else None, crs_wkt)
     except RasterioError:
         return None
 
@@ -245,14 +288,17 @@ class Header:
     """The CRS of GeoKeys GDAL built before (GeoTIFF)."""
     geojp2: Georef | None
     """The georeferencing of the GeoJP2 box (JPEG 2000)."""
+    pam: Georef | None = None
+    """The georeferencing of GDAL's ``.aux.xml``, which takes precedence over the header's."""
 
 
 def describe_header(storage: RangeReader, entry: FileEntry, size: int, mime: str, view: ByteView,
-             parsed: TiffHeader | Jp2Header, sidecars: list[FileEntry] | None, descriptions: Descriptions
-             ) -> Record:
+                    parsed: TiffHeader | Jp2Header, sidecars: list[FileEntry] | None, descriptions: Descriptions
+                    ) -> Record:
     """The record of a dalle whose header parsed: without GDAL when its structure was described
     before and its tags place it, else as GDAL reads it (`describe_with_gdal`)."""
     tiff = parsed if isinstance(parsed, TiffHeader) else None
+    pam = read_pam(storage, sidecars) if sidecars else None
     known_crs = descriptions.known_crs(tiff)
     geojp2 = geojp2_georef(parsed, descriptions) if isinstance(parsed, Jp2Header) else None
     placed = geojp2 or (Georef(model_transform(tiff), known_crs) if tiff is not None and known_crs else None)
@@ -260,29 +306,31 @@ def describe_header(storage: RangeReader, entry: FileEntry, size: int, mime: str
     structure = parsed.structure if transform is not None else None
     known_info = descriptions.info_by_structure.get(structure) if structure else None
     if placed is not None and transform is not None and known_info is not None:
-        return record_of(entry, size, mime, known_info, transform, placed.crs_wkt)
-    header = Header(entry, size, mime, view, tiff, structure, transform, known_crs, geojp2)
+        return record_of(entry, size, mime, known_info, transform, placed.crs_wkt, pam)
+    header = Header(entry, size, mime, view, tiff, structure, transform, known_crs, geojp2, pam)
     return describe_with_gdal(storage, header, sidecars, descriptions)
 
 
 def describe_with_gdal(storage: RangeReader, header: Header, sidecars: list[FileEntry] | None,
                        descriptions: Descriptions) -> Record:
-    """The record of a dalle as GDAL opens its header bytes, teaching `descriptions` what it says.
+    """The record of a dalle as GDAL opens the parts of its header read, teaching `descriptions` what it says.
 
-    A header longer than the bytes read costs one more read, from the start of the file.
+    GDAL sees the file at its real size, the parts not read being zeros. When it cannot open
+    that, one more read from the start of the file is tried, once.
     """
-    data = header.view.data
+    regions = header.view.regions()
     try:
-        return _open(storage, header, data, sidecars, descriptions)
+        return _open(storage, header, regions, sidecars, descriptions)
     except RasterioError as exc:
-        if len(data) >= header.size:
+        if len(header.view.data) >= header.size:
             return _corrupt(header, exc)
-    try:  # the header runs past the prefix: read a larger part of the file, once
-        data = storage.read_range(header.entry.path, 0, min(header.size, max(16 * len(data), LARGE_HEADER_BYTES)))
+    try:  # the header runs past the parts read: read a larger part of the file, once
+        length = min(header.size, max(16 * len(header.view.data), LARGE_HEADER_BYTES))
+        start = storage.read_range(header.entry.path, 0, length)
     except ReadError as read_exc:
         return problem(header.entry, header.size, SkipReason.UNREADABLE, str(read_exc))
     try:
-        return _open(storage, header, data, sidecars, descriptions)
+        return _open(storage, header, [(0, start), *header.view.pieces], sidecars, descriptions)
     except RasterioError as exc:
         return _corrupt(header, exc)
 
@@ -291,20 +339,44 @@ def _corrupt(header: Header, exc: RasterioError) -> DalleProblem:
     return problem(header.entry, header.size, SkipReason.CORRUPT, f"GDAL cannot open it: {gdal_message(exc)}")
 
 
-def _open(storage: RangeReader, header: Header, data: bytes, sidecars: list[FileEntry] | None,
+@contextmanager
+def open_regions(regions: list[tuple[int, bytes]], size: int, name: str, driver: str, **options: str
+                 ) -> Iterator[DatasetReader]:
+    """Open with GDAL a file of which only `regions` (offset, bytes) are known.
+
+    One region from the start is opened as it is; several are laid out at their offsets in a file
+    of the real size whose other bytes are zeros (GDAL's ``/vsisparse/``).
+    """
+    if len(regions) == 1 and regions[0][0] == 0:
+        with MemoryFile(regions[0][1], filename=name) as mem, mem.open(driver=driver, **options) as src:
+            yield src
+        return
+    with ExitStack() as stack:
+        parts = []
+        for offset, data in sorted(regions, key=lambda region: region[0]):
+            mem = stack.enter_context(MemoryFile(data))
+            parts.append(f"<SubfileRegion><Filename relative=\"0\">{escape(mem.name)}</Filename>"
+                         f"<DestinationOffset>{offset}</DestinationOffset><SourceOffset>0</SourceOffset>"
+                         f"<RegionLength>{len(data)}</RegionLength></SubfileRegion>")
+        sparse = stack.enter_context(MemoryFile(
+            f"<VSISparseFile><Length>{size}</Length>{''.join(parts)}</VSISparseFile>".encode(), ext=".xml"))
+        yield stack.enter_context(rasterio.open("/vsisparse/" + sparse.name, driver=driver, **options))
+
+
+def _open(storage: RangeReader, header: Header, regions: list[tuple[int, bytes]], sidecars: list[FileEntry] | None,
           descriptions: Descriptions) -> Record:
-    """Open `data` with GDAL and describe it; raises `RasterioError` when GDAL cannot."""
+    """Open the header's regions with GDAL and describe them; raises `RasterioError` when GDAL cannot."""
     entry, size, mime, tiff, known_crs = header.entry, header.size, header.mime, header.tiff, header.known_crs
-    opened = without_geokeys(data, tiff) if known_crs and tiff else data
+    if known_crs and tiff:
+        regions = [(offset, without_geokeys((offset, data), tiff)) for offset, data in regions]
     open_options = {"GEOREF_SOURCES": "NONE"} if header.geojp2 else {}
-    with gdal_env(), MemoryFile(opened, filename=entry.name) as mem, \
-            mem.open(driver=DRIVERS[mime], **open_options) as src:
+    with gdal_env(), open_regions(regions, size, entry.name, DRIVERS[mime], **open_options) as src:
         if header.geojp2 is not None:
             info = raster_info(src, mime)
             if header.structure:
                 descriptions.remember_info(header.structure, info)
             return record_of(entry, size, mime, info, header.geojp2.transform or Affine.identity(),
-                             header.geojp2.crs_wkt)
+                             header.geojp2.crs_wkt, header.pam)
         if known_crs is None and tiff is not None and tiff.geokeys is not None and src.crs:
             descriptions.remember_crs(tiff.geokeys, src.crs.to_wkt())
         if header.structure and header.transform == src.transform:
@@ -312,7 +384,7 @@ def _open(storage: RangeReader, header: Header, data: bytes, sidecars: list[File
         georef = None
         if (not is_georeferenced(src.transform) or (src.crs is None and not known_crs)) and sidecars:
             georef = read_georef(storage, sidecars)
-        return dalle_from_dataset(entry, size, mime, src, georef, known_crs)
+        return dalle_from_dataset(entry, size, mime, src, georef, known_crs, header.pam)
 
 
 def gdal_message(exc: Exception) -> str:

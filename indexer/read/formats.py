@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from indexer.models import FileEntry
 
 OPEN_FORMATS = {".tif": "image/tiff", ".tiff": "image/tiff", ".geotif": "image/tiff",
-                ".geotiff": "image/tiff", ".jp2": "image/jp2"}
+                ".geotiff": "image/tiff", ".jp2": "image/jp2", ".j2k": "image/jp2", ".j2c": "image/jp2"}
+"""Open formats by extension; the bytes decide in the end (a JPEG 2000 named ``.tif`` is one)."""
 PROPRIETARY_FORMATS = {".ecw": "image/ecw", ".sid": "image/x-mrsid"}
 DRIVERS = {"image/tiff": "GTiff", "image/jp2": "JP2OpenJPEG"}
 """The GDAL driver of each open format."""
-WORLD_FILE_SUFFIXES = (".tfw", ".tifw", ".j2w", ".wld", ".eww", ".sdw")
+WORLD_FILE_SUFFIXES = (".tfw", ".tifw", ".j2w", ".jkw", ".j2kw", ".jcw", ".j2cw", ".wld", ".eww", ".sdw")
 SIDECAR_SUFFIXES = (*WORLD_FILE_SUFFIXES, ".prj", ".aux.xml")
 
 

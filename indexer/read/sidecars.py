@@ -1,6 +1,8 @@
 """Georeferencing found beside a dalle: world files, ``.prj`` and GDAL's ``.aux.xml``.
 
-Read only when the listing shows them and the header lacks georeferencing; never probed.
+Read only when the listing shows them, never probed: GDAL's ``.aux.xml`` always (it takes
+precedence over the header, as in GDAL), world files and ``.prj`` where the header lacks
+georeferencing.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from affine import Affine
 from pyproj import CRS
-from pyproj.exceptions import CRSError
+from pyproj.exceptions import ProjError
 
 from indexer.errors import ReadError
 from indexer.models import FileEntry
@@ -76,8 +78,14 @@ def read_georef(storage: RangeReader, sidecars: list[FileEntry]) -> Georef | Non
                 aux = parse_aux_xml(text)
                 transform = transform or aux.transform
                 crs_wkt = crs_wkt or aux.crs_wkt
-        except (ReadError, ValueError, CRSError, ET.ParseError) as exc:
+        except (ReadError, ValueError, ProjError, ET.ParseError) as exc:
             log.info("sidecar not usable", extra={"path": side.path, "error": str(exc)})
     if transform is None and crs_wkt is None:
         return None
     return Georef(transform, crs_wkt)
+
+
+def read_pam(storage: RangeReader, sidecars: list[FileEntry]) -> Georef | None:
+    """The georeferencing of GDAL's ``.aux.xml`` beside a dalle, when the listing shows one that has some."""
+    pam = [s for s in sidecars if suffix(s.path) == ".aux.xml"]
+    return read_georef(storage, pam) if pam else None

@@ -5,14 +5,18 @@ word: it only fails when pixels are read. `read_tiff_header` walks the block tab
 it with the real file size; it also keeps what places the image (GeoKeys, tiepoint and pixel
 scale) apart from what describes it (`TiffHeader.structure`), so that dalles shaped like one GDAL
 described need no GDAL at all (`indexer.read.describe`).
+
+Bounds: at most `MAX_ENTRIES` directory entries (libtiff's own limit), tag values of at most
+`MAX_VALUE_BYTES` each, the block tables read `TABLE_PIECE` bytes at a time and never kept, and
+at most `MAX_READS` reads beyond the first bytes.
 """
 
 from __future__ import annotations
 
-import operator
 import struct
 from dataclasses import dataclass, field
 
+import numpy as np
 from affine import Affine
 
 from indexer.models import SkipReason
@@ -21,8 +25,10 @@ from indexer.read.view import ByteView, Finding
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
                     16: 8, 17: 8, 18: 8}
 _TIFF_INT_FORMATS = {1: "B", 3: "H", 4: "I", 16: "Q", 6: "b", 8: "h", 9: "i", 17: "q", 13: "I", 18: "Q"}
-_WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 256, 257, 273, 279, 324, 325
-_WANTED = {_WIDTH, _HEIGHT, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS}
+_WIDTH, _HEIGHT, _SAMPLES, _PLANAR = 256, 257, 277, 284
+_STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 273, 279, 324, 325
+_TABLES = frozenset({_STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS})
+_WANTED = frozenset({_WIDTH, _HEIGHT, _SAMPLES, _PLANAR})
 GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 _GEO_TAGS = (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
@@ -30,11 +36,29 @@ _MODEL_TAGS = (MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION)
 _INFORMATION_TAGS = frozenset({269, 270, 285, 305, 306, 315, 316, 700, 33432})
 """DocumentName, ImageDescription, PageName, Software, DateTime, Artist, HostComputer, XMP and
 Copyright: what a producer writes about each file, nothing GDAL describes the raster by."""
-_PLACING_TAGS = frozenset({*_MODEL_TAGS, *_GEO_TAGS, _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS,
-                           *_INFORMATION_TAGS})
+_PLACING_TAGS = frozenset({*_MODEL_TAGS, *_GEO_TAGS, *_TABLES, *_INFORMATION_TAGS})
 """Tags left out of `TiffHeader.structure`."""
 _DOUBLE = 12
 _RASTER_TYPE_KEY, _PIXEL_IS_POINT = 1025, 2
+
+MAX_ENTRIES = 0xFFFF
+"""The most entries of an image directory (libtiff refuses more)."""
+MAX_VALUE_BYTES = 1 << 20
+"""The largest tag value read (block tables aside): larger ones are not looked at."""
+TABLE_PIECE = 1 << 20
+"""Bytes of a block table read at a time."""
+MAX_READS = 32
+"""The most reads beyond the first bytes one header may cost."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """A block table's entry: its type, count and where its values are (in the entry or at an offset)."""
+
+    typ: int
+    count: int
+    inline: bytes | None
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,99 +69,150 @@ class TiffHeader:
     geokeys: bytes | None
     """The raw GeoKey directory, double and ASCII parameters: equal bytes, equal CRS."""
     geokey_entry: int | None
-    """Offset of the GeoKeyDirectory entry in the file, when it lies in the prefix."""
+    """Offset of the GeoKeyDirectory entry in the file."""
     pixel_is_point: bool
     model: dict[int, tuple[float, ...]] = field(default_factory=dict)
     """The georeferencing tags: ModelPixelScale, ModelTiepoint, ModelTransformation (doubles)."""
     structure: bytes | None = None
     """The image directory without what places the image (georeferencing tags, GeoKeys) or
     locates its blocks (offsets and byte counts), out-of-line values included: what GDAL reads
-    to describe the raster. Equal bytes, equal description. None when a value lies past the prefix."""
+    to describe the raster. Equal bytes, equal description. None when a value could not be read."""
+    order: str = "<"
+
+
+def _corrupt(detail: str) -> Finding:
+    return Finding(SkipReason.CORRUPT, detail)
 
 
 def _tiff_start(view: ByteView) -> tuple[bytes, str, bool, int] | Finding:
     """The file's first 16 bytes, byte order, BigTIFF flag and first image directory offset."""
     head = view.get(0, 16)
+    if len(head) < 8:
+        return _corrupt(f"not a TIFF file: {len(head)} bytes")
     if head[:2] == b"II":
         order = "<"
     elif head[:2] == b"MM":
         order = ">"
     else:
-        return Finding(SkipReason.CORRUPT, "not a TIFF file: bad byte-order mark")
+        return _corrupt("not a TIFF file: bad byte-order mark")
     (version,) = struct.unpack(order + "H", head[2:4])
     if version == 42:
         big, (ifd,) = False, struct.unpack(order + "I", head[4:8])
     elif version == 43:
-        big, (ifd,) = True, struct.unpack(order + "Q", head[8:16])
+        if len(head) < 16:
+            return _corrupt("the BigTIFF header is cut short")
+        bytesize, zero, ifd = struct.unpack(order + "HHQ", head[4:16])
+        if bytesize != 8 or zero != 0:
+            return _corrupt(f"not a BigTIFF file: offset size {bytesize}")
+        big = True
     else:
-        return Finding(SkipReason.CORRUPT, f"not a TIFF file: version {version}")
-    if ifd == 0 or ifd >= view.size:
-        return Finding(SkipReason.CORRUPT, "the first image directory lies past the end of the file")
+        return _corrupt(f"not a TIFF file: version {version}")
+    if ifd < 8 or ifd >= view.size:
+        return _corrupt("the first image directory lies past the end of the file")
     return head, order, big, ifd
 
 
-def _pixel_is_point(order: str, directory: bytes) -> bool:
-    """Whether a GeoKey directory's GTRasterTypeGeoKey says PixelIsPoint."""
+def _pixel_is_point(directory: tuple[int, ...]) -> bool:
+    """Whether a GeoKey directory's GTRasterTypeGeoKey says PixelIsPoint (its values SHORT or LONG)."""
     pixel_is_point = False
-    shorts = struct.unpack(f"{order}{len(directory) // 2}H", directory[: len(directory) // 2 * 2])
-    for k in range(4, len(shorts) - 3, 4):
-        if shorts[k] == _RASTER_TYPE_KEY and shorts[k + 1] == 0:
-            pixel_is_point = shorts[k + 3] == _PIXEL_IS_POINT
+    keys = min(directory[3], (len(directory) - 4) // 4) if len(directory) >= 4 else 0
+    for k in range(4, 4 + 4 * keys, 4):
+        if directory[k] == _RASTER_TYPE_KEY and directory[k + 1] == 0:
+            pixel_is_point = directory[k + 3] == _PIXEL_IS_POINT
     return pixel_is_point
 
 
-def _tiff_ifd(view: ByteView) -> TiffHeader | Finding:
+@dataclass(slots=True)
+class _Directory:
+    """What the walk of an image directory collects."""
+
+    tags: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    tables: dict[int, _Table] = field(default_factory=dict)
+    geo: dict[int, bytes] = field(default_factory=dict)
+    geokey_directory: tuple[int, ...] = ()
+    model: dict[int, tuple[float, ...]] = field(default_factory=dict)
+    geokey_entry: int | None = None
+    structure: list[bytes] | None = None
+
+
+def _entry(view: ByteView, order: str, big: bool, at: int, entry: bytes, found: _Directory) -> Finding | None:
+    """Collect one directory entry at file offset `at`; a Finding when a value GDAL needs is unreadable."""
+    inline = 8 if big else 4
+    tag, typ, n, value = struct.unpack(order + ("HHQ8s" if big else "HHI4s"), entry)
+    nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
+    offset = struct.unpack(order + ("Q" if big else "I"), value)[0] if nbytes > inline else 0
+    if tag in _TABLES:
+        if typ in _TIFF_INT_FORMATS:
+            found.tables[tag] = _Table(typ, n, value[:nbytes] if nbytes <= inline else None, offset)
+        return None
+    needed = tag in _WANTED or tag in _MODEL_TAGS or tag in _GEO_TAGS
+    if not needed and (tag in _INFORMATION_TAGS or found.structure is None):
+        return None
+    raw: bytes | None = value[:nbytes]
+    if nbytes > inline:
+        raw = view.get(offset, nbytes) if nbytes <= MAX_VALUE_BYTES and offset + nbytes <= view.size else None
+        if raw is not None and len(raw) < nbytes:
+            raw = None
+    if found.structure is not None and tag not in _PLACING_TAGS:
+        if raw is None:
+            found.structure = None
+        else:
+            found.structure += [entry[:-inline] if nbytes > inline else entry, raw if nbytes > inline else b""]
+    if not needed:
+        return None
+    if raw is None:
+        return _corrupt(f"TIFF tag {tag} lies past the end of the file or is larger than {MAX_VALUE_BYTES} bytes")
+    _collect(order, tag, typ, n, raw, at, found)
+    return None
+
+
+def _collect(order: str, tag: int, typ: int, n: int, raw: bytes, at: int, found: _Directory) -> None:
+    """Keep the value of a tag this module reads (size, GeoKeys, georeferencing); libtiff ignores a
+    tag of an unexpected type, so does this."""
+    if tag in _WANTED or tag == GEO_KEY_DIRECTORY:
+        if typ not in _TIFF_INT_FORMATS:
+            return
+        values = struct.unpack(f"{order}{n}{_TIFF_INT_FORMATS[typ]}", raw)
+        if tag == GEO_KEY_DIRECTORY:
+            found.geo[tag], found.geokey_directory, found.geokey_entry = raw, values, at
+        else:
+            found.tags[tag] = values
+    elif tag in _MODEL_TAGS:
+        if typ == _DOUBLE:
+            found.model[tag] = struct.unpack(f"{order}{n}d", raw)
+    else:
+        found.geo[tag] = raw
+
+
+def _tiff_ifd(view: ByteView) -> tuple[TiffHeader, dict[int, _Table]] | Finding:
     start = _tiff_start(view)
     if isinstance(start, Finding):
         return start
     head, order, big, ifd = start
     count_fmt, entry_size = ("Q", 20) if big else ("H", 12)
     raw_count = view.get(ifd, 8 if big else 2)
+    if len(raw_count) < (8 if big else 2):
+        return _corrupt(f"the image directory at byte {ifd} is cut short")
     (count,) = struct.unpack(order + count_fmt, raw_count)
-    entries = view.get(ifd + len(raw_count), count * entry_size)
-    if len(entries) < count * entry_size:
-        return Finding(SkipReason.CORRUPT, "the image directory is cut short")
-    tags: dict[int, tuple[int, ...]] = {}
-    geo: dict[int, bytes] = {}
-    model: dict[int, tuple[float, ...]] = {}
-    geokey_entry = None
-    inline = 8 if big else 4
+    if count > MAX_ENTRIES:
+        return _corrupt(f"the image directory claims {count} entries")
     first_entry = ifd + len(raw_count)
-    entry_format = order + ("HHQ8s" if big else "HHI4s")
-    structure: list[bytes] | None = [head[:4]]
-    for i, (tag, typ, n, value) in enumerate(struct.iter_unpack(entry_format, entries[:count * entry_size])):
-        wanted = tag in _WANTED and typ in _TIFF_INT_FORMATS
-        is_model = tag in _MODEL_TAGS and typ == _DOUBLE
-        nbytes = n * _TIFF_TYPE_SIZES.get(typ, 1)
-        offset = struct.unpack(order + ("Q" if big else "I"), value)[0] if nbytes > inline else 0
-        if structure is not None and tag not in _PLACING_TAGS:
-            if nbytes <= inline:
-                structure.append(entries[i * entry_size:(i + 1) * entry_size])
-            else:  # the entry without its offset, and the value it points to
-                structure += [entries[i * entry_size:(i + 1) * entry_size - inline], view.data[offset:offset + nbytes]]
-                if offset + nbytes > len(view.data):
-                    structure = None
-        if not wanted and not is_model and tag not in _GEO_TAGS:
-            continue
-        if nbytes <= inline:
-            raw = value[:nbytes]
-        else:
-            if offset + nbytes > view.size:
-                return Finding(SkipReason.CORRUPT, f"TIFF tag {tag} lies past the end of the file")
-            raw = view.get(offset, nbytes)
-        if wanted:
-            tags[tag] = struct.unpack(f"{order}{n}{_TIFF_INT_FORMATS[typ]}", raw)
-        elif is_model:
-            model[tag] = struct.unpack(f"{order}{n}d", raw)
-        else:
-            geo[tag] = raw
-            if tag == GEO_KEY_DIRECTORY and first_entry + (i + 1) * entry_size <= len(view.data):
-                geokey_entry = first_entry + i * entry_size
-    directory = geo.get(GEO_KEY_DIRECTORY, b"")
-    pixel_is_point = _pixel_is_point(order, directory)
-    geokeys = order.encode() + b"|".join(geo.get(t, b"") for t in _GEO_TAGS) if directory else None
-    return TiffHeader(tags, geokeys, geokey_entry, pixel_is_point, model,
-                      b"".join(structure) if structure is not None else None)
+    entries = view.get(first_entry, count * entry_size)
+    if len(entries) < count * entry_size:
+        return _corrupt(f"the image directory at byte {ifd} is cut short")
+    found = _Directory(structure=[head[:4]])
+    for i in range(count):
+        finding = _entry(view, order, big, first_entry + i * entry_size,
+                         entries[i * entry_size:(i + 1) * entry_size], found)
+        if finding is not None:
+            return finding
+        if view.reads > MAX_READS:
+            return _corrupt(f"the image directory's values are spread over more than {MAX_READS} parts of the file")
+    geokeys = order.encode() + b"|".join(found.geo.get(t, b"") for t in _GEO_TAGS) \
+        if GEO_KEY_DIRECTORY in found.geo else None
+    header = TiffHeader(found.tags, geokeys, found.geokey_entry, _pixel_is_point(found.geokey_directory),
+                        found.model, b"".join(found.structure) if found.structure is not None else None, order)
+    return header, found.tables
 
 
 def read_tiff_header(view: ByteView) -> TiffHeader | Finding:
@@ -146,43 +221,87 @@ def read_tiff_header(view: ByteView) -> TiffHeader | Finding:
     parsed = _tiff_ifd(view)
     if isinstance(parsed, Finding):
         return parsed
-    problem = _check_blocks(parsed.tags, view.size)
-    return problem if problem is not None else parsed
+    header, tables = parsed
+    problem = _check_blocks(view, header, tables)
+    return problem if problem is not None else header
 
 
-def without_geokeys(data: bytes, header: TiffHeader) -> bytes:
-    """The same TIFF bytes with the GeoKey directory hidden from GDAL (its tag renumbered).
+def without_geokeys(region: tuple[int, bytes], header: TiffHeader) -> bytes:
+    """The bytes of a part of a TIFF starting at file offset `region[0]`, with the GeoKey directory
+    hidden from GDAL (its tag renumbered) when its entry lies there.
 
     Building a CRS from GeoKeys costs GDAL about a millisecond of PROJ database lookups per file;
     dalles of a livrable share their GeoKeys, so the CRS is built once and the rest of the
     header (size, bands, geotransform, compression) is read without it.
     """
-    if header.geokey_entry is None:
-        raise ValueError("the GeoKey directory entry is not in the prefix")
-    order = "<" if data[:2] == b"II" else ">"
+    offset, data = region
+    if header.geokey_entry is None or not offset <= header.geokey_entry <= offset + len(data) - 2:
+        return data
     patched = bytearray(data)
-    struct.pack_into(order + "H", patched, header.geokey_entry, GEO_KEY_DIRECTORY - 1)
+    struct.pack_into(header.order + "H", patched, header.geokey_entry - offset, GEO_KEY_DIRECTORY - 1)
     return bytes(patched)
 
 
-def _check_blocks(tags: dict[int, tuple[int, ...]], file_size: int) -> Finding | None:
-    width, height = tags.get(_WIDTH, (0,))[0], tags.get(_HEIGHT, (0,))[0]
+def _table_values(view: ByteView, order: str, table: _Table, first: int, count: int) -> np.ndarray:
+    """Entries [first, first + count) of a block table, as unsigned 64-bit integers."""
+    size = _TIFF_TYPE_SIZES[table.typ]
+    if table.inline is not None:
+        raw = table.inline[first * size:(first + count) * size]
+    else:
+        raw = view.get(table.offset + first * size, count * size, keep=False)
+    dtype = np.dtype(order + _TIFF_INT_FORMATS[table.typ])
+    return np.frombuffer(raw[:len(raw) // size * size], dtype=dtype).astype(np.uint64)
+
+
+def _check_blocks(view: ByteView, header: TiffHeader, tables: dict[int, _Table]) -> Finding | None:
+    """Check the first image's size and block table against the file, the table read in pieces."""
+    tags = header.tags
+    if _WIDTH not in tags or _HEIGHT not in tags:
+        return _corrupt("the TIFF image directory has no image width or length")
+    width, height = tags[_WIDTH][0], tags[_HEIGHT][0]
     if width == 0 or height == 0:
         return Finding(SkipReason.EMPTY, f"the raster has no pixels ({width}x{height})")
-    offsets = tags.get(_TILE_OFFSETS) or tags.get(_STRIP_OFFSETS)
-    counts = tags.get(_TILE_COUNTS) or tags.get(_STRIP_COUNTS)
-    if not offsets or not counts or len(offsets) != len(counts):
-        return Finding(SkipReason.CORRUPT, "the TIFF block table is missing or inconsistent")
-    if not any(counts):
-        return Finding(SkipReason.EMPTY, f"no image block was ever written ({len(counts)} in the table)")
-    ends = list(map(operator.add, offsets, counts))
-    end = max(ends)
-    block = ends.index(end)
-    if end > file_size:
-        return Finding(
-            SkipReason.CORRUPT,
-            f"image data cut short: block {block} ends at byte {end}, the file has {file_size} bytes",
-        )
+    tiled = _TILE_OFFSETS in tables
+    offsets = tables.get(_TILE_OFFSETS if tiled else _STRIP_OFFSETS)
+    counts = tables.get(_TILE_COUNTS if tiled else _STRIP_COUNTS)
+    if offsets is None:
+        return _corrupt("the TIFF block table is missing")
+    if counts is None:
+        samples = tags.get(_SAMPLES, (1,))[0] if tags.get(_PLANAR, (1,))[0] == 2 else 1
+        if tiled or offsets.count != samples:  # libtiff estimates the byte count of a single strip only
+            return _corrupt("the TIFF block table has no byte counts")
+    elif counts.count != offsets.count:
+        return _corrupt("the TIFF block table is inconsistent")
+    if offsets.inline is None and offsets.offset + offsets.count * _TIFF_TYPE_SIZES[offsets.typ] > view.size \
+            or counts is not None and counts.inline is None \
+            and counts.offset + counts.count * _TIFF_TYPE_SIZES[counts.typ] > view.size:
+        return _corrupt("the TIFF block table lies past the end of the file")
+    return _check_table(view, header.order, offsets, counts)
+
+
+def _check_table(view: ByteView, order: str, offsets: _Table, counts: _Table | None) -> Finding | None:
+    """Whether any block was written, and the furthest block end within the file."""
+    step = TABLE_PIECE // 8
+    written, furthest, furthest_block = False, 0, 0
+    for first in range(0, offsets.count, step):
+        n = min(step, offsets.count - first)
+        starts = _table_values(view, order, offsets, first, n)
+        lengths = _table_values(view, order, counts, first, n) if counts is not None else np.ones_like(starts)
+        if len(starts) < n or len(lengths) < n:
+            return _corrupt("the TIFF block table is cut short")
+        used = lengths > 0 if counts is not None else starts > 0
+        if not used.any():
+            continue
+        written = True
+        ends = np.where(used, starts + lengths, 0)
+        block = int(ends.argmax())
+        if int(ends[block]) > furthest:
+            furthest, furthest_block = int(ends[block]), first + block
+    if not written:
+        return Finding(SkipReason.EMPTY, f"no image block was ever written ({offsets.count} in the table)")
+    if furthest > view.size:
+        return _corrupt(f"image data cut short: block {furthest_block} ends at byte {furthest}, "
+                        f"the file has {view.size} bytes")
     return None
 
 
