@@ -29,6 +29,7 @@ from indexer.read.describe import parsing_thread
 from indexer.read.formats import Listing
 from indexer.settings import Settings
 from indexer.storages import AccessOptions, AsyncReads, Storage, open_storage
+from indexer.storages.access import scrub
 from indexer.store import catalog, records, scans
 from indexer.store.engine import create_store
 
@@ -226,7 +227,7 @@ def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
     try:
         listing = Listing.of(storage.list_files())
     except StorageUnreachable as exc:
-        scans.fail_scan(engine, scan, str(exc))
+        scans.fail_scan(engine, scan, scrub(str(exc)))
         raise
     scans.update_scan(engine, scan, step="reading", listed=len(listing.files))
     previous = {} if options.full else {r.path: r for r in records.load_records(engine, storage_key)}

@@ -11,6 +11,7 @@ Data goes to stdout (JSON), messages and progress to stderr. Exit codes (`option
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import warnings
@@ -21,14 +22,40 @@ from rasterio.errors import NotGeoreferencedWarning
 from indexer import __version__
 from indexer.cli import dev, fleet
 from indexer.cli import index as index_command
+from indexer.cli.options import ErrorBoundary
+from indexer.storages.access import ScrubFilter, log_extras
+
+
+class TerminalFormatter(logging.Formatter):
+    """``LEVEL logger: message key=value…``: the message, then its ``extra`` fields."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - the stdlib's name
+        """The line without the traceback, the record's ``extra`` fields after the message."""
+        fields = [f"{key}={_shown(value)}" for key, value in log_extras(record).items()]
+        return " ".join([super().formatMessage(record), *fields])
+
+
+def _shown(value: object) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if not text or any(c in text for c in ' "=\n') else text
 
 
 def _configure_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    """Log to stderr, scrubbed, ``key=value`` extras shown; the handler of an earlier call replaced."""
+    root = logging.getLogger()
+    for earlier in [h for h in root.handlers if isinstance(h.formatter, TerminalFormatter)]:
+        root.removeHandler(earlier)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TerminalFormatter())
+    handler.addFilter(ScrubFilter())
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorBoundary, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="pcrs-indexer")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr; -v also shows tracebacks.")
 @click.pass_context

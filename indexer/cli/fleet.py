@@ -16,8 +16,8 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from indexer.cli.options import db_option, fail, open_store
-from indexer.errors import IndexerError, ScanRunning
+from indexer.cli.options import db_option, open_store, writable_folder
+from indexer.errors import ScanRunning
 from indexer.models import Trigger
 from indexer.projet import load_projet
 from indexer.publish import export_all
@@ -32,24 +32,19 @@ from indexer.store.engine import migrate, schema_revision
 @click.option("--livrable", "livrable_name", metavar="NAME", help="Only this livrable of the projet, by nom.")
 @click.option("--full", is_flag=True, help="Read every dalle again, ignoring change detection.")
 @db_option
-@click.pass_context
-def publish(ctx: click.Context, projet_location: str, livrable_name: str | None, full: bool,
+def publish(projet_location: str, livrable_name: str | None, full: bool,
             db_url: str | None) -> None:
     """Queue a scan of each livrable of a projet that has a stockage, for the workers.
 
     The same as sending the task ``pcrs.publish`` with the projet document. A storage already
     being scanned is not queued twice; its livrable's document is updated all the same.
     """
-    settings = get_settings()
-    try:
-        import tasks.jobs
+    import tasks.jobs
 
-        projet = load_projet(projet_location, settings.timeout_s, settings.projet_token(projet_location))
-        queued = queueing.publish(open_store(db_url), projet, livrable_name, tasks.jobs.storage_url, full)
-        tasks.jobs.enqueue_scans(q.scan for q in queued if q.scan is not None)
-    except IndexerError as exc:
-        fail(ctx, exc)
-        return
+    settings = get_settings()
+    projet = load_projet(projet_location, settings.timeout_s, settings.projet_token(projet_location))
+    queued = queueing.publish(open_store(db_url), projet, livrable_name, tasks.jobs.storage_url, full)
+    tasks.jobs.enqueue_scans(q.scan for q in queued if q.scan is not None)
     for q in queued:
         if q.scan is not None:
             click.echo(f"livrable {q.livrable!r}: scan {q.scan} of storage {q.storage} ({q.url}) queued", err=True)
@@ -98,29 +93,24 @@ def _describe(p: queries.Progress) -> str:
               help="Seconds between two looks with --watch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the progress as JSON.")
 @db_option
-@click.pass_context
-def status(ctx: click.Context, storage_ref: str, watch: bool, interval: float, as_json: bool,
+def status(storage_ref: str, watch: bool, interval: float, as_json: bool,
            db_url: str | None) -> None:
     """Show where the latest scan of STORAGE (id or URL) is: step, counts listed, read, reused, skipped."""
-    try:
-        engine = open_store(db_url)
-        storage = queries.resolve_storage(engine, storage_ref)
-        current = queries.progress(engine, storage)
-        if watch and current.active:
-            with tqdm(total=current.to_read, desc=current.step or "queued", unit="dalle", file=sys.stderr) as bar:
-                while current.active:
-                    bar.set_description(current.step if current.status != "queued" else "queued")
-                    bar.total = current.to_read
-                    bar.n = current.read
-                    bar.set_postfix(listed=current.listed, reused=current.reused, skipped=current.skipped)
-                    bar.refresh()
-                    time.sleep(interval)
-                    current = queries.progress(engine, storage)
+    engine = open_store(db_url)
+    storage = queries.resolve_storage(engine, storage_ref)
+    current = queries.progress(engine, storage)
+    if watch and current.active:
+        with tqdm(total=current.to_read, desc=current.step or "queued", unit="dalle", file=sys.stderr) as bar:
+            while current.active:
+                bar.set_description(current.step if current.status != "queued" else "queued")
+                bar.total = current.to_read
                 bar.n = current.read
+                bar.set_postfix(listed=current.listed, reused=current.reused, skipped=current.skipped)
                 bar.refresh()
-    except IndexerError as exc:
-        fail(ctx, exc)
-        return
+                time.sleep(interval)
+                current = queries.progress(engine, storage)
+            bar.n = current.read
+            bar.refresh()
     click.echo(json.dumps(current.as_json(), ensure_ascii=False) if as_json else _describe(current))
 
 
@@ -130,8 +120,7 @@ def status(ctx: click.Context, storage_ref: str, watch: bool, interval: float, a
 @click.option("--failed", "failed_only", is_flag=True, help="Every storage whose last scan failed.")
 @click.option("--full", is_flag=True, help="Read every dalle again, ignoring change detection.")
 @db_option
-@click.pass_context
-def requeue(ctx: click.Context, storage_ref: str | None, all_storages: bool, failed_only: bool, full: bool,
+def requeue(storage_ref: str | None, all_storages: bool, failed_only: bool, full: bool,
             db_url: str | None) -> None:
     """Queue a new scan of STORAGE (id or URL), of --all storages or of the --failed ones.
 
@@ -141,29 +130,25 @@ def requeue(ctx: click.Context, storage_ref: str | None, all_storages: bool, fai
         raise click.UsageError("give one STORAGE, --all or --failed")
     queued: list[dict[str, Any]] = []
     refused: list[str] = []
-    try:
-        import tasks.jobs
+    import tasks.jobs
 
-        engine = open_store(db_url)
-        if storage_ref is not None:
-            targets = [queries.resolve_storage(engine, storage_ref)]
-        else:
-            targets = [row.id for row in queries.storage_rows(engine, failed_only=failed_only)]
-        for storage in targets:
-            try:
-                scan = queueing.queue_scan(engine, storage, Trigger.REQUEUE, full)
-            except ScanRunning as exc:
-                if storage_ref is not None:
-                    raise
-                refused.append(str(exc))
-                click.echo(f"pcrs-indexer: {exc}", err=True)
-                continue
-            tasks.jobs.enqueue_scans([scan])
-            queued.append({"storage": storage, "scan": scan})
-            click.echo(f"scan {scan} of storage {storage} queued", err=True)
-    except IndexerError as exc:
-        fail(ctx, exc)
-        return
+    engine = open_store(db_url)
+    if storage_ref is not None:
+        targets = [queries.resolve_storage(engine, storage_ref)]
+    else:
+        targets = [row.id for row in queries.storage_rows(engine, failed_only=failed_only)]
+    for storage in targets:
+        try:
+            scan = queueing.queue_scan(engine, storage, Trigger.REQUEUE, full)
+        except ScanRunning as exc:
+            if storage_ref is not None:
+                raise
+            refused.append(str(exc))
+            click.echo(f"pcrs-indexer: {exc}", err=True)
+            continue
+        tasks.jobs.enqueue_scans([scan])
+        queued.append({"storage": storage, "scan": scan})
+        click.echo(f"scan {scan} of storage {storage} queued", err=True)
     click.echo(json.dumps({"queued": queued, "refused": refused}, ensure_ascii=False))
 
 
@@ -173,7 +158,7 @@ def requeue(ctx: click.Context, storage_ref: str | None, all_storages: bool, fai
 @db_option
 def export(out: Path, db_url: str | None) -> None:
     """Write every published livrable's dalles and emprise into two files, streamed from the store."""
-    summary = export_all(open_store(db_url), out)
+    summary = export_all(open_store(db_url), writable_folder(out))
     click.echo(f"{summary['livrables']} livrables, {summary['dalles']} dalles -> {out}", err=True)
     click.echo(json.dumps(summary, ensure_ascii=False))
 

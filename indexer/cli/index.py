@@ -8,8 +8,7 @@ from pathlib import Path
 
 import click
 
-from indexer.cli.options import fail, progress_bar
-from indexer.errors import IndexerError
+from indexer.cli.options import db_option, progress_bar, store_url, writable_folder
 from indexer.pipeline import index_livrable
 from indexer.settings import get_settings
 
@@ -21,22 +20,18 @@ from indexer.settings import get_settings
 @click.option("--projet", "projet_location", metavar="FILE_OR_URL",
               help="Projet document (JSON) as the PCRS API serves it.")
 @click.option("--livrable", "livrable_name", metavar="NAME", help="Livrable of the projet, by nom.")
-@click.option("--db", "db_url", metavar="URL", help="State store URL (SQLAlchemy). Default: SQLite in the data dir.")
+@db_option
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Header reads in flight at once.")
 @click.option("--full", is_flag=True, help="Read every dalle again, ignoring change detection.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary on stderr.")
-@click.pass_context
-def index(ctx: click.Context, source: str, out: Path, projet_location: str | None, livrable_name: str | None,
+def index(source: str, out: Path, projet_location: str | None, livrable_name: str | None,
           db_url: str | None, concurrency: int | None, full: bool, quiet: bool) -> None:
     """Index the livrable stored at SOURCE: a folder, a file:// URL, an http(s):// listing,
     ftp://[user[:password]@]host[:port]/path, ftps://…, sftp://[user[:password]@]host[:port]/path or
     s3://bucket/prefix[?endpoint_url=…&region=…]."""
-    try:
-        indexed = index_livrable(get_settings(), source, out, projet_location, livrable_name, db_url, concurrency,
-                                 full, progress_bar(not quiet and sys.stderr.isatty()))
-    except IndexerError as exc:
-        fail(ctx, exc)
-        return
+    writable_folder(out)
+    indexed = index_livrable(get_settings(), source, out, projet_location, livrable_name, store_url(db_url),
+                             concurrency, full, progress_bar(not quiet and sys.stderr.isatty()))
     summary = indexed.summary()
     if not quiet:
         if indexed.livrable is not None:

@@ -9,12 +9,10 @@ registry of transports imported only when used (as fsspec's ``registry`` does): 
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Protocol, cast
-from urllib.parse import urlsplit
 
 from indexer.errors import InvalidSource
-from indexer.storages.access import AccessOptions, mask_url
+from indexer.storages.access import AccessOptions, mask_url, parse_location
 from indexer.storages.base import AsyncReads, Storage
 from indexer.storages.local import LocalStorage
 
@@ -52,13 +50,12 @@ def open_storage(source: str, options: AccessOptions | None = None) -> Storage:
     (``?endpoint_url=…&region=…`` for an S3-compatible store).
     """
     options = options or AccessOptions()
-    parts = urlsplit(source)
-    scheme = parts.scheme.lower()
-    if scheme in _REMOTE and not (parts.hostname or parts.netloc):
+    if "://" not in source:
+        return LocalStorage.from_path(source)
+    scheme = parse_location(source).scheme  # checked, its credentials kept secret, before anything else
+    if scheme in _REMOTE and not parse_location(source).host:
         raise InvalidSource(f"{mask_url(source)}: no {'bucket' if scheme == 's3' else 'host'} in the URL")
     if scheme in REGISTRY:
         return storage_class(scheme).from_url(source, options)
-    if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
-        return LocalStorage.from_path(source)
     raise InvalidSource(f"{mask_url(source)}: unsupported scheme {scheme!r} "
                         "(use a folder, file://, http(s)://, ftp(s)://, sftp:// or s3://)")

@@ -30,11 +30,18 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from indexer.errors import ForbiddenAddress, NotFound, ReadError
 from indexer.models import FileEntry
-from indexer.storages.access import AccessOptions, Failure, RetryPolicy, describe_os_error, mask_url, retry_sync
+from indexer.storages.access import (
+    AccessOptions,
+    Failure,
+    RetryPolicy,
+    describe_os_error,
+    parse_location,
+    retry_sync,
+)
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import Storage
 from indexer.storages.crawl import Child, Crawl, CrawlLimits, crawl_in_threads
@@ -316,9 +323,10 @@ class FTPStorage(Storage):
 
     def __init__(self, server: FTPServer, root: str, url: str, policy: RetryPolicy, max_connections: int = 2,
                  limits: CrawlLimits | None = None) -> None:
+        """`url` is the form shown (`Location.shown`), without the password."""
         self.server = server
         self.root = "/" + root.strip("/") if root.strip("/") else ""
-        self.url = mask_url(url)
+        self.url = url
         self.policy = policy
         self.limits = limits or CrawlLimits()
         self.pool = ConnectionPool(lambda: FTPConnection(server), max_connections)
@@ -326,13 +334,14 @@ class FTPStorage(Storage):
     @classmethod
     def from_url(cls, url: str, options: AccessOptions) -> FTPStorage:
         """The storage of an ``ftp://[user[:password]@]host[:port]/path`` or ``ftps://…`` URL."""
-        parts = urlsplit(url)
-        tls = parts.scheme.lower() == "ftps"
+        location = parse_location(url)
+        tls = location.scheme == "ftps"
         server = FTPServer(
-            host=parts.hostname or "", port=parts.port or 21, username=unquote(parts.username or ""),
-            password=unquote(parts.password or ""), tls=tls, timeout_s=options.retry.timeout_s,
+            host=location.host, port=location.port or 21, username=location.username,
+            password=location.password or "", tls=tls, timeout_s=options.retry.timeout_s,
             addresses=options.addresses, ssl_context=options.ssl_context() if tls else None)
-        return cls(server, unquote(parts.path), url, options.retry, options.ftp_max_connections, options.crawl)
+        return cls(server, unquote(location.path), location.shown, options.retry, options.ftp_max_connections,
+                   options.crawl)
 
     def _full(self, path: str) -> str:
         return f"{self.root}/{path}"

@@ -28,7 +28,15 @@ from s3fs import S3FileSystem
 from indexer.errors import ForbiddenAddress, InvalidSource, ListingLimitReached, ReadError, StorageUnreachable
 from indexer.models import FileEntry
 from indexer.storages import s3fs_adapter
-from indexer.storages.access import AccessOptions, Failure, RetryPolicy, mask_url, retry_sync
+from indexer.storages.access import (
+    AccessOptions,
+    Failure,
+    RetryPolicy,
+    keep_secret,
+    mask_url,
+    parse_location,
+    retry_sync,
+)
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import Storage
 from indexer.storages.crawl import CrawlLimits, listing_failure
@@ -81,6 +89,7 @@ def aws_credentials() -> Credentials | None:
     frozen = found.get_frozen_credentials()
     if not frozen.access_key or not frozen.secret_key:
         return None
+    keep_secret(frozen.access_key, frozen.secret_key, frozen.token)
     return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
@@ -117,8 +126,12 @@ class S3Storage(Storage):
         if unknown:
             raise InvalidSource(f"{mask_url(url)}: unknown parameter {sorted(unknown)[0]!r} "
                                 "(use endpoint_url and region)")
-        return cls(parts.netloc, unquote(parts.path), options.retry,
-                   query.get("endpoint_url") or options.s3_endpoint_url,
+        endpoint_url = query.get("endpoint_url") or options.s3_endpoint_url
+        endpoint = parse_location(endpoint_url) if endpoint_url else None
+        if endpoint is not None and (endpoint.username or endpoint.password is not None):
+            raise InvalidSource(f"{mask_url(url)}: the endpoint URL must not hold credentials "
+                                "(give AWS keys the usual way)")
+        return cls(parts.netloc, unquote(parts.path), options.retry, endpoint_url,
                    query.get("region") or options.s3_region, options.addresses, options.crawl)
 
     def _filesystem(self) -> S3FileSystem:

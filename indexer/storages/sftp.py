@@ -17,14 +17,21 @@ from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import asyncssh
 from fsspec.asyn import FSTimeoutError, sync
 
 from indexer.errors import ForbiddenAddress, NotFound, ReadError
 from indexer.models import FileEntry
-from indexer.storages.access import AccessOptions, Failure, RetryPolicy, describe_os_error, mask_url, retry_sync
+from indexer.storages.access import (
+    AccessOptions,
+    Failure,
+    RetryPolicy,
+    describe_os_error,
+    parse_location,
+    retry_sync,
+)
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import Storage
 from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, CrawlLimits, crawl_in_threads
@@ -74,9 +81,10 @@ class SFTPStorage(Storage):
 
     def __init__(self, server: SFTPServer, root: str, url: str, policy: RetryPolicy,
                  limits: CrawlLimits | None = None) -> None:
+        """`url` is the form shown (`Location.shown`), without the password."""
         self.server = server
         self.root = root.rstrip("/") or "/"
-        self.url = mask_url(url)
+        self.url = url
         self.policy = policy
         self.limits = limits or CrawlLimits()
         self._fs: RangedSSHFileSystem | None = None
@@ -88,14 +96,13 @@ class SFTPStorage(Storage):
 
         The path is absolute; ``/~/path`` is relative to the user's home folder.
         """
-        parts = urlsplit(url)
-        path = unquote(parts.path) or "/"
+        location = parse_location(url)
+        path = unquote(location.path) or "/"
         if path == "/~" or path.startswith("/~/"):
             path = path[3:] or "."
-        server = SFTPServer(host=parts.hostname or "", port=parts.port or 22, username=unquote(parts.username or ""),
-                            password=unquote(parts.password) if parts.password is not None else None,
-                            key_file=options.sftp_key_file, addresses=options.addresses)
-        return cls(server, path, url, options.retry, options.crawl)
+        server = SFTPServer(host=location.host, port=location.port or 22, username=location.username,
+                            password=location.password, key_file=options.sftp_key_file, addresses=options.addresses)
+        return cls(server, path, location.shown, options.retry, options.crawl)
 
     def _connection(self) -> RangedSSHFileSystem:
         with self._lock:

@@ -35,10 +35,24 @@ def aware(value: datetime | None) -> datetime | None:
 
 
 def create_store(url: str) -> Engine:
-    """An engine on the store, its tables created if missing (SQLite folder included)."""
+    """An engine on the store, its tables created if missing (SQLite folder included).
+
+    Raises `ConfigError` for a store that is neither SQLite nor PostgreSQL, or a SQLite folder
+    that cannot be created.
+    """
     parsed = make_url(url)
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(f"unsupported state store {parsed.get_backend_name()!r}: use SQLite or PostgreSQL")
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(parsed.database).expanduser().parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            blocking = next(p for p in (folder, *folder.parents) if p.exists())
+            raise ConfigError(f"cannot create the state store's folder {folder}: {blocking} is not a folder") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot create the state store's folder {folder}: "
+                              f"{(exc.strerror or str(exc)).lower()}") from exc
     engine = create_engine(url, future=True, pool_pre_ping=not parsed.drivername.startswith("sqlite"))
     if parsed.drivername.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)

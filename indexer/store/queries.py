@@ -120,7 +120,7 @@ def resolve_storage(engine: Engine, ref: str) -> int:
     """A storage's id from its id or its URL (as `storages` shows it, trailing slash optional)."""
     s = storages
     with engine.connect() as conn:
-        if ref.isdigit():
+        if ref.isascii() and ref.isdigit() and int(ref) < 2**63:
             found = conn.execute(select(s.c.id).where(s.c.id == int(ref))).scalar()
         else:
             found = conn.execute(select(s.c.id).where(

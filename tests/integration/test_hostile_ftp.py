@@ -126,3 +126,28 @@ def test_an_endless_fan_out_of_folders_stops_at_the_folder_cap(hostile: list[Hos
     assert run.peak_rss_mb < BASE_RSS_MB
     assert_intact(out, files)
     print(f"fan-out: {len(lists)} LIST, {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")
+
+
+@pytest.mark.parametrize("verbose", [[], ["-v"]])
+def test_a_reply_repeating_the_password_is_scrubbed(verbose: list[str], hostile: list[HostileFTP], previous: tuple[
+        Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
+    server = start_ftp(hostile, tmp_path, "echo-password")
+    out, files = previous
+    password = "Echo/Pass#7319"  # unencoded "/" and "#": read as the password all the same
+    db = tmp_path / "state.sqlite"
+    run = run_index(f"ftp://pcrs:{password}@{server.host}/livrable", out, db, env, *verbose)
+    assert run.code == 3
+    assert ("PASS", password) in [c[1:] for c in server.commands()]  # the server did get it, and repeated it
+    line = (f"pcrs-indexer: error: cannot list ftp://pcrs:***@{server.host}/livrable: FTP 530 Login incorrect: "
+            "password *** refused\n")
+    if verbose:
+        assert "Traceback (most recent call last):" in run.stderr
+        assert run.stderr.endswith(line)
+    else:
+        assert run.stderr == line
+    assert password not in run.stderr and "Echo" not in run.stderr
+    assert last_error(db) == line.removeprefix("pcrs-indexer: error: ").rstrip("\n")
+    assert run.wall_s < 15
+    assert run.peak_rss_mb < BASE_RSS_MB
+    assert_intact(out, files)
+    print(f"530 echoing the password: {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")
