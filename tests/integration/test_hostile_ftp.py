@@ -122,7 +122,7 @@ def test_an_endless_fan_out_of_folders_stops_at_the_folder_cap(hostile: list[Hos
     assert re.fullmatch(rf"pcrs-indexer: error: cannot list ftp://{server.host}/livrable: more than 200 folders "
                         r"\(the max_folders setting\), (d\d+/){4} among them\n", run.stderr), run.stderr
     assert len(lists) == 1 + 4 + 16 + 64
-    assert run.wall_s < 30
+    assert run.wall_s < 60  # without the cap: no end (the child is killed after 120 s)
     assert run.peak_rss_mb < BASE_RSS_MB
     assert_intact(out, files)
     print(f"fan-out: {len(lists)} LIST, {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")

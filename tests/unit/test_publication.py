@@ -65,7 +65,7 @@ def test_a_host_written_as_a_url_of_its_kind_is_taken(params: dict[str, Any], so
                                         "stockage ftp host (ftp://, ftps:// or a bare host name)"),
     ({"host": "ftp://u:secret@h"}, "livrable 'a': host 'ftp://u:***@h' must name only a server (user, password "
                                    "and folder go in username, password and startPath)"),
-    ({"host": "ftp://u:pw@[bad"}, "livrable 'a': host '***@[bad' is not a valid URL (Invalid IPv6 URL)"),
+    ({"host": "ftp://u:pw@[bad"}, "livrable 'a': host 'ftp://u:***@[bad' is not a valid URL (Invalid IPv6 URL)"),
     ({"host": "ftp://h/ortho"}, "livrable 'a': host 'ftp://h/ortho' must name only a server"),
     ({"host": "ftp://h:21", "port": 2121}, "livrable 'a': host 'ftp://h:21' and port 2121 disagree"),
     ({"host": "ftp://h:x"}, "livrable 'a': host 'ftp://h:x' is not a valid URL (Port could not be cast"),
