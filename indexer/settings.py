@@ -32,8 +32,15 @@ class Settings(BaseSettings):
     header_bytes: int = Field(
         default=16384, ge=4096, description="Bytes fetched from the start of each dalle in one request."
     )
-    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of every network call.")
+    timeout_s: float = Field(
+        default=30.0, gt=0, description="Timeout of every network call; a call and its retries end within "
+                                        "timeout_s × (retries + 1).")
     retries: int = Field(default=3, ge=0, le=10, description="Retries of a transient network failure.")
+    retry_after_max_s: float = Field(
+        default=30.0, ge=0, description="Longest wait a server's Retry-After may impose before a retry.")
+    max_listing_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=64 * 1024,
+        description="Largest listing response read (an HTTP listing page, decoded).")
     user_agent: str = "pcrs-indexer/0.1 (+https://pcrs.beta.gouv.fr)"
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -1,10 +1,11 @@
 """The rules every network storage follows: retries, failure classes, credentials kept out of sight.
 
-A timeout on every call, bounded retries with backoff on transient failures (`RetryPolicy`,
-`retry_async`, `retry_sync`), each transport classifying its own errors into a `Failure`, and
-credentials read once from a storage URL (`parse_location`), kept out of every URL shown
-(`mask_url`) and scrubbed from every message (`keep_secret`, `scrub`, `ScrubFilter`).
-`AccessOptions` gathers how storages are reached, from the settings.
+A timeout on every call and a total deadline over its retries, bounded retries with backoff on
+transient failures (`RetryPolicy`, `retry_async`, `retry_sync`), each transport classifying its
+own errors into a `Failure`, responses read up to a cap (`ResponseTooLarge`), and credentials
+read once from a storage URL (`parse_location`), kept out of every URL shown (`mask_url`) and
+scrubbed from every message (`keep_secret`, `scrub`, `ScrubFilter`). `AccessOptions` gathers how
+storages are reached, from the settings.
 """
 
 from __future__ import annotations
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-MAX_RETRY_AFTER_S = 30.0
-"""The longest wait a server's ``Retry-After`` may impose between two attempts."""
 
 _SECRET_PARAMS = re.compile(r"pass|pwd|secret|token|key|signature|sig$|credential|auth", re.IGNORECASE)
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
@@ -258,11 +256,28 @@ def parse_location(url: str) -> Location:
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Bounded retries with exponential backoff for transient failures, and the per-call timeout."""
+    """Bounded retries with exponential backoff for transient failures, the per-call timeout, and
+    the total deadline of a call with all its retries: ``timeout_s × (retries + 1)``."""
 
     retries: int = 3
     backoff_s: float = 0.5
     timeout_s: float = 30.0
+    retry_after_max_s: float = 30.0
+    """The longest wait a server's ``Retry-After`` may impose between two attempts."""
+
+    @property
+    def deadline_s(self) -> float:
+        """The longest a call may take, every attempt and wait between them included."""
+        return self.timeout_s * (self.retries + 1)
+
+
+class ResponseTooLarge(Exception):
+    """A response went past what it can legitimately need: reading stopped at the cap. Not transient."""
+
+    def __init__(self, cap: int, setting: str) -> None:
+        super().__init__(f"the response is larger than {cap} bytes (the {setting} setting): reading stopped there")
+        self.cap = cap
+        self.setting = setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,15 +325,25 @@ def retry_after_s(value: str | None) -> float | None:
     return max(0.0, float((when - datetime.now(UTC)).total_seconds()))
 
 
-def _backoff(policy: RetryPolicy, what: str, exc: Exception, attempt: int, classify: Classify) -> float:
-    """The wait before the next attempt; raises `ReadError` when the failure is final."""
+def _backoff(policy: RetryPolicy, what: str, exc: Exception, attempt: int, classify: Classify,
+             remaining_s: float) -> float:
+    """The wait before the next attempt; raises `ReadError` when the failure is final.
+
+    Final: a failure that is not transient, the last retry, or no time left before the deadline
+    for a wait and one more attempt.
+    """
+    if isinstance(exc, ResponseTooLarge):
+        raise ReadError(what, str(exc)) from exc
     failure = classify(exc)
-    if not failure.transient or attempt >= policy.retries:
-        tries = f" ({attempt + 1} attempts)" if attempt else ""
-        raise ReadError(what, failure.detail + tries) from exc
     delay = policy.backoff_s * 2.0**attempt
     if failure.retry_after_s is not None:
-        delay = max(delay, min(failure.retry_after_s, MAX_RETRY_AFTER_S))
+        delay = max(delay, min(failure.retry_after_s, policy.retry_after_max_s))
+    tries = f" ({attempt + 1} attempts)" if attempt else ""
+    if not failure.transient or attempt >= policy.retries:
+        raise ReadError(what, failure.detail + tries) from exc
+    if delay >= remaining_s:
+        raise ReadError(what, f"{failure.detail}{tries}; no retry: it would end past the {policy.deadline_s:g} s "
+                              "deadline (timeout_s × (retries + 1))") from exc
     log.info("transient failure, retrying", extra={"what": what, "error": failure.detail, "delay": delay})
     return delay
 
@@ -326,30 +351,38 @@ def _backoff(policy: RetryPolicy, what: str, exc: Exception, attempt: int, class
 async def retry_async(policy: RetryPolicy, what: str, call: Callable[[], Awaitable[T]], classify: Classify) -> T:
     """Await `call()` under the policy's timeout, again after a backoff while it fails transiently.
 
-    `FileNotFoundError` and the indexer's own errors pass through; any other failure ends as a
-    `ReadError` naming `what` and the cause.
+    Each attempt has `timeout_s` at most, and all of them with their waits `deadline_s`: the call
+    ends by then whatever the server does. `FileNotFoundError` and the indexer's own errors pass
+    through, and so does a `ReadError` (a final answer); any other failure ends as a `ReadError`
+    naming `what` and the cause.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + policy.deadline_s
     attempt = 0
     while True:
         try:
-            return await asyncio.wait_for(call(), policy.timeout_s)
-        except (FileNotFoundError, IndexerError):
+            return await asyncio.wait_for(call(), max(0.001, min(policy.timeout_s, deadline - loop.time())))
+        except (FileNotFoundError, IndexerError, ReadError):
             raise
         except Exception as exc:  # noqa: BLE001 - classified by _backoff
-            await asyncio.sleep(_backoff(policy, what, exc, attempt, classify))
+            await asyncio.sleep(_backoff(policy, what, exc, attempt, classify, deadline - loop.time()))
         attempt += 1
 
 
 def retry_sync(policy: RetryPolicy, what: str, call: Callable[[], T], classify: Classify) -> T:
-    """`retry_async` for blocking calls, whose sockets carry the timeout themselves."""
+    """`retry_async` for blocking calls, whose sockets carry the timeout themselves.
+
+    No attempt starts after the deadline, and no wait runs past it.
+    """
+    deadline = time.monotonic() + policy.deadline_s
     attempt = 0
     while True:
         try:
             return call()
-        except (FileNotFoundError, IndexerError):
+        except (FileNotFoundError, IndexerError, ReadError):
             raise
         except Exception as exc:  # noqa: BLE001 - classified by _backoff
-            time.sleep(_backoff(policy, what, exc, attempt, classify))
+            time.sleep(_backoff(policy, what, exc, attempt, classify, deadline - time.monotonic()))
         attempt += 1
 
 
@@ -364,6 +397,8 @@ class AccessOptions:
     ftp_max_connections: int = 2
     connections: int = 32
     """Connections to one HTTP server at once (the scan's concurrency)."""
+    max_listing_bytes: int = 16 * 1024 * 1024
+    """Largest listing response (an HTTP listing page, decoded)."""
     tls_ca_file: Path | None = None
     sftp_key_file: Path | None = None
     s3_endpoint_url: str | None = None
@@ -373,12 +408,14 @@ class AccessOptions:
     def from_settings(cls, settings: Settings) -> AccessOptions:
         """The options the settings describe."""
         return cls(
-            retry=RetryPolicy(retries=settings.retries, timeout_s=settings.timeout_s),
+            retry=RetryPolicy(retries=settings.retries, timeout_s=settings.timeout_s,
+                              retry_after_max_s=settings.retry_after_max_s),
             user_agent=settings.user_agent,
             addresses=AddressPolicy.of(settings.allowed_networks),
             crawl=CrawlLimits(settings.max_depth, settings.max_entries, settings.max_folders),
             ftp_max_connections=settings.ftp_max_connections,
             connections=settings.concurrency,
+            max_listing_bytes=settings.max_listing_bytes,
             tls_ca_file=settings.tls_ca_file,
             sftp_key_file=settings.sftp_key_file,
             s3_endpoint_url=settings.s3_endpoint_url,

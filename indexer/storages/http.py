@@ -5,6 +5,11 @@ by `indexer.storages.html_listing`; size and modification time are taken from th
 it shows them. A dalle's header costs one ranged GET, whose ``Content-Range`` also gives the
 size when the listing did not; `stat` costs a HEAD, for change detection only.
 
+Bounds: listing pages are asked for gzip or deflate and read
+decoded up to a cap; a file read takes the bytes asked for and no more, even from a server that
+ignores ``Range``, and the listing's size, the ``Content-Range`` total and the bytes received must
+agree. Every call, retries included, ends within the retry policy's deadline.
+
 One aiohttp session per storage, on fsspec's IO loop, serves every request; header reads are
 also offered as coroutines on that loop (`async_reads`). Every address connected to is checked
 by the address policy through aiohttp's public hooks: the resolver for names, the socket
@@ -19,6 +24,7 @@ import re
 import socket
 import ssl
 import weakref
+import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC
@@ -36,6 +42,7 @@ from indexer.read.formats import raster_mime
 from indexer.storages.access import (
     AccessOptions,
     Failure,
+    ResponseTooLarge,
     RetryPolicy,
     describe_os_error,
     mask_url,
@@ -49,11 +56,21 @@ from indexer.storages.html_listing import parse_listing
 
 T = TypeVar("T")
 
-_CONTENT_RANGE = re.compile(r"bytes \d+-\d+/(\d+)")
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+ASKED_ENCODINGS = "gzip, deflate"
+"""What listing pages and documents are asked to be encoded in; file reads ask for ``identity``."""
+_CHUNK = 64 * 1024
+
+
+class BadEncoding(Exception):
+    """A response encoded in a way not asked for, or whose encoding does not decode. Not transient."""
 
 
 def classify_http(exc: BaseException) -> Failure:
     """Transient: HTTP 429 and 5xx, timeouts, refused or reset connections."""
+    if isinstance(exc, BadEncoding):
+        return Failure(False, str(exc))
     if isinstance(exc, aiohttp.ClientResponseError):
         transient = exc.status == 429 or exc.status >= 500
         retry_after = retry_after_s(exc.headers.get("Retry-After")) if exc.headers else None
@@ -111,6 +128,90 @@ def _single_file(url: str) -> str | None:
     return name if name and not parts.query and not parts.fragment and raster_mime(name) else None
 
 
+def guarded_session(addresses: AddressPolicy, policy: RetryPolicy, user_agent: str,
+                    ssl_context: ssl.SSLContext | None, connections: int) -> aiohttp.ClientSession:
+    """An aiohttp session connecting only where `addresses` allows, on every connection and redirect.
+
+    Call it on the loop the session will run on. Its requests ask for ``identity`` unless told otherwise.
+    """
+    connector = aiohttp.TCPConnector(
+        limit_per_host=connections, ssl=ssl_context or True,
+        resolver=GuardedResolver(addresses), socket_factory=guarded_socket_factory(addresses))
+    timeout = aiohttp.ClientTimeout(total=None, connect=policy.timeout_s, sock_read=policy.timeout_s)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                 headers={"User-Agent": user_agent, "Accept-Encoding": "identity"})
+
+
+async def read_at_most(response: aiohttp.ClientResponse, length: int) -> bytes:
+    """The first `length` bytes of a body (fewer when it ends before), however the server trickles them."""
+    data = bytearray()
+    while len(data) < length:
+        chunk = await response.content.read(min(length - len(data), _CHUNK))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+async def _skip(response: aiohttp.ClientResponse, length: int) -> None:
+    """Read and drop the first `length` bytes of a body."""
+    while length > 0:
+        chunk = await response.content.read(min(length, _CHUNK))
+        if not chunk:
+            return
+        length -= len(chunk)
+
+
+def _decoder(encoding: str) -> Any:
+    """A zlib decompressor for a ``Content-Encoding`` asked for, None for ``identity``."""
+    if encoding in ("", "identity"):
+        return None
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # zlib-wrapped, as RFC 9110 says; see _inflate
+    raise BadEncoding(f"the response is encoded as {encoding!r}, which was not asked for")
+
+
+async def read_decoded(response: aiohttp.ClientResponse, cap: int, setting: str) -> bytes:
+    """The body of a response asked for with `ASKED_ENCODINGS`, decoded; at most `cap` bytes read and
+    decoded, else `ResponseTooLarge` (reading stops there). Raises `BadEncoding`."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    decoder = _decoder(encoding)
+    if response.content_length is not None and response.content_length > cap:
+        raise ResponseTooLarge(cap, setting)
+    raw = 0
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        raw += len(chunk)
+        if raw > cap:
+            raise ResponseTooLarge(cap, setting)
+        if decoder is None:
+            body += chunk
+            continue
+        try:
+            decoder = _inflate(decoder, encoding, chunk, body, cap)
+        except zlib.error as exc:
+            raise BadEncoding(f"the {encoding} response does not decode ({exc})") from None
+        if len(body) > cap:
+            raise ResponseTooLarge(cap, setting)
+    return bytes(body)
+
+
+def _inflate(decoder: Any, encoding: str, chunk: bytes, body: bytearray, cap: int) -> Any:
+    """Decode `chunk` into `body`, never more than one byte past `cap`; the decoder to go on with.
+
+    A ``deflate`` body without its zlib header (some servers send raw deflate) is decoded raw.
+    """
+    if encoding == "deflate" and not body and decoder.unused_data == b"" and chunk and chunk[0] & 0x0F != 8:
+        decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+    data = chunk
+    while data and len(body) <= cap:
+        body += decoder.decompress(data, cap + 1 - len(body))
+        data = decoder.unconsumed_tail
+    return decoder
+
+
 def _http_last_modified(value: str | None) -> str | None:
     if not value:
         return None
@@ -132,6 +233,7 @@ class HTTPListingStorage(Storage):
         addresses: AddressPolicy | None = None,
         ssl_context: ssl.SSLContext | None = None,
         connections: int = 32,
+        max_listing_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.single = _single_file(url)
         """The file's name when the URL names one dalle (``…/dalle.tif``): the storage is that file."""
@@ -144,6 +246,7 @@ class HTTPListingStorage(Storage):
         self.policy = policy
         self.user_agent = user_agent
         self.limits = limits or CrawlLimits()
+        self.max_listing_bytes = max_listing_bytes
         self.addresses = addresses or AddressPolicy()
         self._ssl = ssl_context
         self._refs: dict[str, str] = {}
@@ -155,18 +258,13 @@ class HTTPListingStorage(Storage):
         """The storage of an ``http(s)://`` listing URL."""
         https = url.lower().startswith("https:")
         return cls(url, options.retry, options.user_agent, options.crawl,
-                   options.addresses, options.ssl_context() if https else None, options.connections)
+                   options.addresses, options.ssl_context() if https else None, options.connections,
+                   options.max_listing_bytes)
 
     async def _session(self) -> aiohttp.ClientSession:
         """The storage's session, made on first use on `loop` (no await between test and set)."""
         if self._client is None or self._client.closed:
-            connector = aiohttp.TCPConnector(
-                limit_per_host=self.connections, ssl=self._ssl or True,
-                resolver=GuardedResolver(self.addresses), socket_factory=guarded_socket_factory(self.addresses))
-            timeout = aiohttp.ClientTimeout(total=None, connect=self.policy.timeout_s,
-                                            sock_read=self.policy.timeout_s)
-            self._client = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                                 headers={"User-Agent": self.user_agent})
+            self._client = guarded_session(self.addresses, self.policy, self.user_agent, self._ssl, self.connections)
             # A storage dropped without `close` still closes its session, on the loop.
             weakref.finalize(self, _close_later, self.loop, self._client)
         return self._client
@@ -188,11 +286,15 @@ class HTTPListingStorage(Storage):
         session = await self._session()
 
         async def get() -> str:
-            async with session.get(url) as response:
+            async with session.get(url, headers={"Accept-Encoding": ASKED_ENCODINGS}) as response:
                 if response.status == 404:
                     raise NotFound("HTTP 404", mask_url(url))
                 response.raise_for_status()
-                return await response.text(errors="replace")
+                body = await read_decoded(response, self.max_listing_bytes, "max_listing_bytes")
+                try:
+                    return body.decode(response.charset or "utf-8", errors="replace")
+                except LookupError:  # a charset Python does not know
+                    return body.decode("utf-8", errors="replace")
 
         return await retry_async(self.policy, mask_url(url), get, classify_http)
 
@@ -254,16 +356,10 @@ class HTTPListingStorage(Storage):
                 if response.status == 404:
                     raise NotFound("HTTP 404", mask_url(url))
                 response.raise_for_status()
-                data = await response.content.read(length)
-                total = entry.size
-                match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
-                if match:
-                    total = int(match.group(1))
-                elif response.status == 200 and response.content_length is not None:
-                    total = response.content_length
-                if total is None:
-                    total = len(data)
-                return data, self._completed(entry, total, response.headers)
+                _refuse_encoded(entry.path, response)
+                data = await read_at_most(response, length)
+                return data, self._completed(entry, _checked_size(entry, response, len(data), length),
+                                             response.headers)
 
         return await self._request(entry.path, get)
 
@@ -289,10 +385,16 @@ class HTTPListingStorage(Storage):
                 if response.status == 404:
                     raise NotFound("HTTP 404", mask_url(url))
                 response.raise_for_status()
-                if response.status == 200:  # the server ignored the range
-                    body = await response.read()
-                    return body[start:end]
-                return await response.read()
+                _refuse_encoded(path, response)
+                if response.status == 206:
+                    header = response.headers.get("Content-Range", "")
+                    match = _CONTENT_RANGE.fullmatch(header.strip())
+                    if match is None or int(match.group(1)) != start:
+                        raise ReadError(path, f"asked for bytes {start}-{end - 1}, the server sent "
+                                              f"Content-Range {header[:80]!r}")
+                else:  # 200: the server ignored the range; read up to `end` only, then hang up
+                    await _skip(response, start)
+                return await read_at_most(response, end - start)
 
         return await self._request(path, get)
 
@@ -320,6 +422,40 @@ class HTTPListingStorage(Storage):
         client, self._client = self._client, None
         if client is not None and not client.closed:
             sync(self.loop, client.close)
+
+
+def _refuse_encoded(path: str, response: aiohttp.ClientResponse) -> None:
+    """A file read asks for ``identity``: an encoded answer's bytes are not the file's."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ReadError(path, f"the server sent the file encoded as {encoding[:40]!r} though asked not to")
+
+
+def _checked_size(entry: FileEntry, response: aiohttp.ClientResponse, received: int, asked: int) -> int:
+    """The file's size from a first read of `asked` bytes, once the listing's size, the response's
+    total (``Content-Range``, or ``Content-Length`` of a 200) and the bytes received agree.
+
+    Raises `ReadError` saying which disagree.
+    """
+    claimed: int | None = None
+    source = "Content-Length"
+    if response.status == 206:
+        header = response.headers.get("Content-Range", "")
+        match = _CONTENT_RANGE.fullmatch(header.strip())
+        if match is None or int(match.group(1)) != 0:
+            raise ReadError(entry.path, f"asked for bytes 0-{asked - 1}, the server sent Content-Range {header[:80]!r}")
+        source = "Content-Range"
+        claimed = None if match.group(3) == "*" else int(match.group(3))
+    elif response.content_length is not None:
+        claimed = response.content_length
+    if claimed is not None and entry.size is not None and claimed != entry.size:
+        raise ReadError(entry.path, f"sizes disagree: the listing says {entry.size} bytes, the {source} header "
+                                    f"{claimed}")
+    size = claimed if claimed is not None else entry.size
+    if size is not None and received != min(asked, size):
+        raise ReadError(entry.path, f"sizes disagree: received {received} bytes of the first {asked} of a "
+                                    f"{size}-byte file")
+    return size if size is not None else received
 
 
 def _close_later(loop: asyncio.AbstractEventLoop, client: aiohttp.ClientSession) -> None:

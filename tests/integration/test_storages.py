@@ -288,8 +288,10 @@ def test_a_server_that_never_answers_fails_the_scan_with_one_line(scheme: str, s
         server.stop()
     masked = f"{scheme}://u:***@127.0.0.1:{server.port}/livrable/"
     assert result.exit_code == 3
-    assert result.stderr == f"pcrs-indexer: error: cannot list {masked}: timed out (2 attempts)\n"
-    assert len(connections) == 2
+    # 0.5 s, then a 0.5 s wait would leave no time for another try within 0.5 s × (1 retry + 1).
+    assert result.stderr == (f"pcrs-indexer: error: cannot list {masked}: timed out; no retry: it would end past "
+                             "the 1 s deadline (timeout_s × (retries + 1))\n")
+    assert len(connections) == 1
 
 
 def test_an_unreachable_ftp_storage_keeps_the_last_good_result(served: Served, cli_env: Any, tmp_path: Path) -> None:

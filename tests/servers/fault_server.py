@@ -1,14 +1,16 @@
 """An HTTP server that fails on purpose, run as a child process by `tests.servers.FaultyHTTP`.
 
     python tests/fault_server.py ROOT PORT --log FILE [--fail-first N] [--stall PREFIX] [--redirect URL]
-                                 [--silent]
+                                 [--redirect-status N] [--silent] [--hostile MODE] [--host ADDRESS]
 
 It serves ROOT like ``python -m http.server`` (a bare list of links), except that:
 
 - ``--fail-first N``: the first N requests of every path get ``503 Service Unavailable``;
 - ``--stall PREFIX``: requests whose path starts with PREFIX never get an answer;
-- ``--redirect URL``: every request is redirected (302) to URL followed by its path;
-- ``--silent``: connections are accepted and never answered at all, not even an FTP or SSH banner.
+- ``--redirect URL``: every request is redirected (302, or ``--redirect-status``) to URL followed by its path;
+- ``--silent``: connections are accepted and never answered at all, not even an FTP or SSH banner;
+- ``--hostile MODE``: every GET answers as `HOSTILE` says (generated bodies, nothing read from disk
+  but ROOT's files and their nginx-style listings).
 
 Every request is logged as ``method|path|status|0|`` to FILE, 0 as the status of a stalled one.
 """
@@ -16,10 +18,13 @@ Every request is logged as ``method|path|status|0|`` to FILE, 0 as the status of
 from __future__ import annotations
 
 import argparse
+import html
 import socket
 import threading
 import time
+import zlib
 from collections import Counter
+from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +37,8 @@ class FaultyHandler(SimpleHTTPRequestHandler):
     fail_first = 0
     stall: str | None = None
     redirect: str | None = None
+    redirect_status = 302
+    hostile: str | None = None
     log_path: Path
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -49,8 +56,8 @@ class FaultyHandler(SimpleHTTPRequestHandler):
             time.sleep(3600)
             return True
         if self.redirect is not None:
-            self._record(302)
-            self.send_response(302)
+            self._record(self.redirect_status)
+            self.send_response(self.redirect_status)
             self.send_header("Location", self.redirect + self.path)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -64,9 +71,62 @@ class FaultyHandler(SimpleHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        if self.hostile is not None and not self._fault():
+            try:
+                HOSTILE[self.hostile](self)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client hung up: what it is expected to do
+            return
         if not self._fault():
             self._record(200)
             super().do_GET()
+
+    # What the hostile modes share.
+
+    def _local(self) -> Path:
+        return Path(self.translate_path(self.path.split("?", 1)[0]))
+
+    def _head(self, status: int, headers: dict[str, str]) -> None:
+        self._record(status)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+    def _stream(self, chunks: Iterator[bytes]) -> None:
+        for chunk in chunks:
+            self.wfile.write(chunk)
+            self.wfile.flush()
+
+    def _trickle(self, data: bytes, every_s: float = 1.0) -> None:
+        for i in range(len(data)):
+            self.wfile.write(data[i:i + 1])
+            self.wfile.flush()
+            time.sleep(every_s)
+
+    def nginx_listing(self) -> bytes:
+        """ROOT's folder at this path as nginx's autoindex shows it, exact sizes included."""
+        folder = self._local()
+        lines = []
+        for entry in sorted(folder.iterdir()):
+            name = entry.name + ("/" if entry.is_dir() else "")
+            stamp = time.strftime("%d-%b-%Y %H:%M", time.gmtime(entry.stat().st_mtime))
+            size = "-" if entry.is_dir() else str(entry.stat().st_size)
+            lines.append(f'<a href="{html.escape(name)}">{html.escape(name)}</a>    {stamp}  {size:>19}')
+        page = "<html><head><title>Index</title></head><body><h1>Index</h1><hr><pre><a href=\"../\">../</a>\n"
+        return (page + "\n".join(lines) + "\n</pre><hr></body></html>\n").encode()
+
+    def serve_listing_or(self, file_answer: Callable[[Path], None]) -> None:
+        """A folder's nginx-style listing, or `file_answer` for a file."""
+        local = self._local()
+        if local.is_dir():
+            body = self.nginx_listing()
+            self._head(200, {"Content-Type": "text/html", "Content-Length": str(len(body))})
+            self.wfile.write(body)
+        elif local.is_file():
+            file_answer(local)
+        else:
+            self._head(404, {"Content-Length": "0"})
 
     def do_HEAD(self) -> None:  # noqa: N802 - the stdlib's name
         if not self._fault():
@@ -75,6 +135,117 @@ class FaultyHandler(SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
         """Quiet: the log file says it all."""
+
+
+def _repeat(chunk: bytes) -> Iterator[bytes]:
+    while True:
+        yield chunk
+
+
+def _links_forever() -> Iterator[bytes]:
+    n = 0
+    while True:
+        yield "".join(f'<a href="f{i}.tif">f{i}.tif</a>\n' for i in range(n, n + 1000)).encode()
+        n += 1000
+
+
+def _gzip_bomb() -> Iterator[bytes]:
+    """A gzip stream of endless spaces: a few KB on the wire for every MB decoded."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = b" " * (1024 * 1024)
+    while True:
+        yield compressor.compress(block) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+
+def _s3_listing_forever() -> Iterator[bytes]:
+    yield (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+           b'2006-03-01/"><Name>pcrs</Name><Prefix></Prefix><KeyCount>1000</KeyCount><MaxKeys>1000</MaxKeys>'
+           b'<IsTruncated>false</IsTruncated>')
+    n = 0
+    while True:
+        yield "".join(f"<Contents><Key>d{i}.tif</Key><LastModified>2026-01-01T00:00:00.000Z</LastModified>"
+                      f"<ETag>&quot;e{i}&quot;</ETag><Size>1000</Size><StorageClass>STANDARD</StorageClass>"
+                      "</Contents>" for i in range(n, n + 1000)).encode()
+        n += 1000
+
+
+def _trickle_status(h: FaultyHandler) -> None:
+    h._record(200)
+    h._trickle(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + b" " * 100_000)
+
+
+def _trickle_body(h: FaultyHandler) -> None:
+    h._head(200, {"Content-Type": "text/html"})
+    h._trickle(b"<html><body>" + b" " * 100_000)
+
+
+def _retry_after(h: FaultyHandler) -> None:
+    h._head(429, {"Retry-After": "999999", "Content-Length": "0"})
+
+
+def _endless(chunks: Callable[[], Iterator[bytes]], headers: dict[str, str]) -> Callable[[FaultyHandler], None]:
+    def answer(h: FaultyHandler) -> None:
+        h._head(200, headers)
+        h._stream(chunks())
+    return answer
+
+
+def _ignore_range(h: FaultyHandler) -> None:
+    """Files answered 200 with an endless body (the file, then zeros) whatever the Range asked."""
+    def whole(local: Path) -> None:
+        h._head(200, {"Content-Type": "application/octet-stream"})
+        h.wfile.write(local.read_bytes())
+        h._stream(_repeat(bytes(1024 * 1024)))
+    h.serve_listing_or(whole)
+
+
+def _huge_content_range(h: FaultyHandler) -> None:
+    """Files answered 206 with their first bytes, claiming a total of 10^15 bytes."""
+    def claim(local: Path) -> None:
+        data = local.read_bytes()[:16384]
+        h._head(206, {"Content-Range": f"bytes 0-{len(data) - 1}/{10**15}", "Content-Length": str(len(data))})
+        h.wfile.write(data)
+    h.serve_listing_or(claim)
+
+
+def _slow_first_byte(h: FaultyHandler) -> None:
+    """Files answered 206 with their first byte at once, the rest one second later."""
+    def slow(local: Path) -> None:
+        first, _, last = h.headers.get("Range", "bytes=0-").removeprefix("bytes=").partition("-")
+        data = local.read_bytes()
+        end = min(len(data), int(last) + 1) if last else len(data)
+        part = data[int(first):end]
+        h._head(206, {"Content-Range": f"bytes {first}-{end - 1}/{len(data)}", "Content-Length": str(len(part))})
+        h.wfile.write(part[:1])
+        h.wfile.flush()
+        time.sleep(1.0)
+        h.wfile.write(part[1:])
+    h.serve_listing_or(slow)
+
+
+def _fan_out(h: FaultyHandler) -> None:
+    """Every page links to four new folders below it, and no file."""
+    base = h.path.rstrip("/").rsplit("/", 1)[-1] or "d"
+    body = "".join(f'<a href="{base}{i}/">{base}{i}/</a>\n' for i in range(4)).encode()
+    h._head(200, {"Content-Type": "text/html", "Content-Length": str(len(body))})
+    h.wfile.write(body)
+
+
+HOSTILE: dict[str, Callable[[FaultyHandler], None]] = {
+    "trickle-status": _trickle_status,
+    "trickle-listing": _trickle_body,
+    "retry-after": _retry_after,
+    "endless-page": _endless(lambda: _repeat(b"<p>" + b"x" * 65533), {"Content-Type": "text/html"}),
+    "endless-links": _endless(_links_forever, {"Content-Type": "text/html"}),
+    "gzip-bomb": _endless(_gzip_bomb, {"Content-Type": "application/json", "Content-Encoding": "gzip"}),
+    "endless-json": _endless(lambda: _repeat(b" " * 65536), {"Content-Type": "application/json"}),
+    "endless-s3-listing": _endless(_s3_listing_forever, {"Content-Type": "application/xml"}),
+    "ignore-range": _ignore_range,
+    "huge-content-range": _huge_content_range,
+    "slow-first-byte": _slow_first_byte,
+    "fan-out": _fan_out,
+}
+"""``--hostile`` modes: how every GET is answered."""
 
 
 def silent(port: int, log_path: Path) -> None:
@@ -97,7 +268,10 @@ def main() -> None:
     parser.add_argument("--fail-first", type=int, default=0)
     parser.add_argument("--stall")
     parser.add_argument("--redirect")
+    parser.add_argument("--redirect-status", type=int, default=302)
     parser.add_argument("--silent", action="store_true")
+    parser.add_argument("--hostile", choices=sorted(HOSTILE))
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     args.log.touch()
     if args.silent:
@@ -106,8 +280,10 @@ def main() -> None:
     FaultyHandler.fail_first = args.fail_first
     FaultyHandler.stall = args.stall
     FaultyHandler.redirect = args.redirect
+    FaultyHandler.redirect_status = args.redirect_status
+    FaultyHandler.hostile = args.hostile
     FaultyHandler.log_path = args.log
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), partial(FaultyHandler, directory=str(args.root)))
+    server = ThreadingHTTPServer((args.host, args.port), partial(FaultyHandler, directory=str(args.root)))
     server.daemon_threads = True
     server.serve_forever()
 

@@ -27,15 +27,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:port."""
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    """Block until something accepts connections on host:port."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
+            if s.connect_ex((host, port)) == 0:
                 return
         time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout} s")
 
 
 def find_binary(name: str, *candidates: str) -> str:
@@ -169,6 +169,8 @@ class _Process:
     """A server run as a child process in the foreground, on a free port of 127.0.0.1."""
 
     stop_signal = signal.SIGTERM
+    host_address = "127.0.0.1"
+    """The loopback address listened on (Linux answers on all of 127.0.0.0/8)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -182,7 +184,7 @@ class _Process:
             self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err,
                                             env=env, start_new_session=True)
         try:
-            wait_for_port(self.port, timeout)
+            wait_for_port(self.port, timeout, self.host_address)
         except TimeoutError as exc:
             self.stop()
             logs = "".join(p.read_text(errors="replace") for p in (self.stderr, self.workdir / "error.log")
@@ -211,7 +213,7 @@ class _HTTPProcess(_Process):
     @property
     def url(self) -> str:
         """Base URL of the server."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host_address}:{self.port}"
 
     def requests(self) -> list[Request]:
         """Every request logged so far."""
@@ -343,21 +345,24 @@ class FaultyHTTP(_HTTPProcess):
     """An HTTP server failing on purpose (see `tests/fault_server.py`), each request logged."""
 
     def __init__(self, root: Path, workdir: Path, *, fail_first: int = 0, stall: str | None = None,
-                 redirect: str | None = None, silent: bool = False) -> None:
+                 redirect: str | None = None, redirect_status: int = 302, silent: bool = False,
+                 hostile: str | None = None) -> None:
         super().__init__(root, workdir, "requests.log")
-        self.options = ["--fail-first", str(fail_first)]
+        self.options = ["--fail-first", str(fail_first), "--redirect-status", str(redirect_status)]
         if stall is not None:
             self.options += ["--stall", stall]
         if redirect is not None:
             self.options += ["--redirect", redirect]
         if silent:
             self.options.append("--silent")
+        if hostile is not None:
+            self.options += ["--hostile", hostile]
 
     def start(self) -> FaultyHTTP:
         """Start the server script."""
         script = Path(__file__).with_name("fault_server.py")
         self._spawn([sys.executable, str(script), str(self.root), str(self.port), "--log", str(self.log),
-                     *self.options])
+                     "--host", self.host_address, *self.options])
         return self
 
 
@@ -592,18 +597,19 @@ ForceCommand internal-sftp -l INFO
 class MotoS3(_Process):
     """moto's S3 server: buckets filled from folders, anonymous-readable or not."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, host: str = "127.0.0.1") -> None:
         super().__init__(workdir)
+        self.host_address = host
 
     @property
     def url(self) -> str:
         """The endpoint URL."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host_address}:{self.port}"
 
     def start(self) -> MotoS3:
         """Start ``moto_server`` in a child process."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        self._spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)], env=env,
+        self._spawn([sys.executable, "-m", "moto.server", "-H", self.host_address, "-p", str(self.port)], env=env,
                     timeout=30.0)
         return self
 
