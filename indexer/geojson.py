@@ -8,6 +8,8 @@ dalles need no list in memory.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -22,8 +24,11 @@ from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
 
 from indexer.crs import to_wgs84
+from indexer.emprise import corner_array, placement_problems
 from indexer.models import Dalle
 from indexer.projet import CALENDRIER, Livrable, Projet, current_etape
+
+log = logging.getLogger(__name__)
 
 DECIMALS = 7
 
@@ -41,10 +46,19 @@ LIVRABLE_PROPERTIES = (
 
 
 def _number(value: float | None) -> int | float | None:
-    """An integer when the value is whole (5.0 -> 5), else the value."""
-    if value is None:
+    """An integer when the value is whole (5.0 -> 5), else the value; None when it is not finite."""
+    if value is None or not math.isfinite(value):
         return None
     return int(value) if float(value).is_integer() else value
+
+
+def _projet_number(livrable: Livrable | None, name: str) -> int | float | None:
+    """A number of the livrable's projet document, dropped with a warning when it is not finite (1e999)."""
+    value: float | None = getattr(livrable, name) if livrable else None
+    number = _number(value)
+    if value is not None and number is None:
+        log.warning("the livrable's %s is not a finite number (%s): written as null", name, value)
+    return number
 
 
 def epsg_label(epsg: int | None) -> str | None:
@@ -52,12 +66,14 @@ def epsg_label(epsg: int | None) -> str | None:
     return f"EPSG:{epsg}" if epsg is not None else None
 
 
-def dalle_rings(dalles: list[Dalle]) -> np.ndarray:
+def dalle_rings(dalles: list[Dalle], corners: np.ndarray | None = None) -> np.ndarray:
     """Each dalle's closed ring in WGS84, counter-clockwise from its upper-left corner, 7 decimals.
 
     One coordinate transformation per CRS for all the dalles given: an array of shape (n, 5, 2).
+    The dalles must be placeable (`indexer.emprise.placement_problems`).
     """
-    corners = np.array([d.corners for d in dalles], dtype="float64").reshape(-1, 4, 2)
+    if corners is None:
+        corners = corner_array(dalles)
     lonlat = np.empty_like(corners)
     groups: dict[str, list[int]] = {}
     for index, dalle in enumerate(dalles):
@@ -68,7 +84,8 @@ def dalle_rings(dalles: list[Dalle]) -> np.ndarray:
         lonlat[indices] = np.column_stack([lon, lat]).reshape(-1, 4, 2)
     rings = np.round(lonlat, DECIMALS)
     x, y = rings[:, :, 0], rings[:, :, 1]
-    clockwise = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1) < 0
+    with np.errstate(invalid="ignore", over="ignore"):  # a transformation that failed gives inf
+        clockwise = (x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1) < 0
     rings[clockwise] = rings[clockwise][:, [0, 3, 2, 1]]
     return np.concatenate([rings, rings[:, :1]], axis=1)
 
@@ -121,9 +138,9 @@ def livrable_properties(dalles: list[Dalle], projet: Projet | None, livrable: Li
         "compression": _common(d.compression for d in dalles),
         "epsg": epsg_label(_common(d.epsg for d in dalles)),
         "taille": sum(d.size for d in dalles),
-        "recouvrLat": livrable.recouvr_lat if livrable else None,
-        "recouvrLon": livrable.recouvr_lon if livrable else None,
-        "focale": _number(livrable.focale) if livrable else None,
+        "recouvrLat": _projet_number(livrable, "recouvr_lat"),
+        "recouvrLon": _projet_number(livrable, "recouvr_lon"),
+        "focale": _projet_number(livrable, "focale"),
         "licence": livrable.licence if livrable else None,
         "subventions": _unique(s.nature for s in projet.subventions) if projet else [],
         "acteurs": _unique(a.nom for a in projet.acteurs) if projet else [],
@@ -140,7 +157,7 @@ def emprise_geometry(emprise: BaseGeometry | None) -> dict[str, Any] | None:
         return None
     snapped = shapely.set_precision(emprise, 10.0**-DECIMALS)
     oriented = shapely.orient_polygons(snapped, exterior_cw=False)
-    geometry: dict[str, Any] = _round(json.loads(json.dumps(mapping(oriented))))
+    geometry: dict[str, Any] = _round(json.loads(json.dumps(mapping(oriented), allow_nan=False)))
     return geometry
 
 
@@ -168,8 +185,9 @@ def atomic_writer(path: Path) -> Iterator[IO[str]]:
         raise
 
 
-_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
-"""One encoder for every feature (`json.dumps` with options builds one per call)."""
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
+"""One encoder for every feature (`json.dumps` with options builds one per call); NaN and
+infinities raise rather than write what is not JSON."""
 
 
 def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> int:
@@ -197,11 +215,23 @@ def dalle_features(dalles: Iterable[Dalle], projet: Projet | None, livrable: Liv
 
 
 def _features(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None) -> Iterator[dict[str, Any]]:
+    """Features of the dalles that can be placed in WGS84; the others, left out, are logged."""
     if not dalles:
         return
-    for dalle, ring in zip(dalles, dalle_rings(dalles), strict=True):
-        yield {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},
-               "properties": dalle_properties(dalle, projet, livrable)}
+    corners = corner_array(dalles)
+    unplaced = placement_problems(dalles, corners)
+    if unplaced:
+        keep = [i for i in range(len(dalles)) if i not in unplaced]
+        dalles, corners = [dalles[i] for i in keep], corners[keep]
+    rings = dalle_rings(dalles, corners)
+    finite = np.isfinite(rings).all(axis=(1, 2))
+    skipped = len(unplaced) + int((~finite).sum())
+    if skipped:
+        log.warning("dalles left out of dalles.geojson: they cannot be placed in WGS84", extra={"dalles": skipped})
+    for dalle, ring, ok in zip(dalles, rings, finite, strict=True):
+        if ok:
+            yield {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},
+                   "properties": dalle_properties(dalle, projet, livrable)}
 
 
 def livrable_feature(dalles: list[Dalle], emprise: BaseGeometry | None, projet: Projet | None,

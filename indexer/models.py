@@ -171,16 +171,30 @@ Record = Dalle | DalleProblem
 
 @dataclass(slots=True)
 class ScanResult:
-    """Everything one scan of a livrable's storage produced."""
+    """Everything one scan of a livrable's storage produced.
+
+    Its counts add up: `indexed` + `reused` dalles + `problems` = `raster_files`.
+    """
 
     source: str
     listed_files: int
     dalles: list[Dalle] = field(default_factory=list)
     problems: list[DalleProblem] = field(default_factory=list)
-    reused: int = 0
+    reused_paths: frozenset[str] = frozenset()
+    """The paths whose record was taken from the previous scan, valid or not."""
     duration_s: float = 0.0
 
     @property
     def raster_files(self) -> int:
         """How many listed files looked like rasters."""
         return len(self.dalles) + len(self.problems)
+
+    @property
+    def reused(self) -> int:
+        """Valid dalles taken from the previous scan, not read again."""
+        return sum(1 for d in self.dalles if d.path in self.reused_paths)
+
+    @property
+    def indexed(self) -> int:
+        """Valid dalles read by this scan."""
+        return len(self.dalles) - self.reused

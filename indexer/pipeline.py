@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from sqlalchemy import Engine
 
+from indexer.emprise import check_footprints
 from indexer.errors import ReadError, StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileEntry, Record, ScanResult, Signature, SkipReason
 from indexer.projet import Livrable, Projet, choose_livrable, load_projet
@@ -233,19 +234,22 @@ def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
     previous = {} if options.full else {r.path: r for r in records.load_records(engine, storage_key)}
     kept, to_read = split_reusable(storage, listing.candidates, previous, options.concurrency)
     read = read_all(storage, listing, to_read, options, wrap)
-    results = sorted([*kept, *place_proprietary(storage, listing, read)], key=lambda r: r.path)
+    checked = check_footprints([*kept, *place_proprietary(storage, listing, read)])
+    # A record of an earlier version that cannot be placed is no longer what the store holds.
+    unchanged = frozenset(old.path for old, new in zip(kept, checked[:len(kept)], strict=True) if new is old)
+    results = sorted(checked, key=lambda r: r.path)
     result = ScanResult(
         source=storage.url,
         listed_files=len(listing.files),
         dalles=[r for r in results if isinstance(r, Dalle)],
         problems=[r for r in results if isinstance(r, DalleProblem)],
-        reused=len(kept),
+        reused_paths=unchanged,
     )
     result.duration_s = time.perf_counter() - started
     scans.finish_scan(engine, storage_key, scan, result.dalles, result.problems, {
-        "listed": result.listed_files, "read": len(to_read), "reused": result.reused,
+        "listed": result.listed_files, "read": len(to_read), "reused": len(kept),
         "skipped": len(result.problems), "duration_s": round(result.duration_s, 3)},
-        unchanged={r.path for r in kept})
+        unchanged=unchanged)
     log.info("scan done", extra={"storage": storage.url, "dalles": len(result.dalles),
                                  "skipped": len(result.problems), "reused": result.reused})
     return result
@@ -264,8 +268,8 @@ class Indexed:
 
     def summary(self) -> dict[str, object]:
         """The one-line JSON summary of the command."""
-        result = self.result
-        return {"source": result.source, "indexed": len(result.dalles), "reused": result.reused,
+        result = self.publication.result
+        return {"source": result.source, "indexed": result.indexed, "reused": result.reused,
                 "skipped": len(result.problems), "duration_s": round(result.duration_s, 3),
                 "livrable": self.livrable, "livrable_chosen": self.chosen,
                 "outputs": {name: str(path) for name, path in self.publication.paths.items()}}

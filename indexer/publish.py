@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Engine
 
-from indexer.emprise import compute_emprise
+from indexer.emprise import check_footprints, compute_emprise
 from indexer.geojson import atomic_writer, dalle_features, livrable_feature, write_feature_collection
-from indexer.models import Dalle, ScanResult
+from indexer.models import Dalle, DalleProblem, ScanResult
 from indexer.projet import Livrable, Projet
 from indexer.store import queries, records
 
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 class Publication:
     """The files written for one storage, and what they hold of its livrable."""
 
+    result: ScanResult
+    """The scan as published: its dalles that cannot be placed in WGS84 moved to its problems."""
     paths: dict[str, Path]
     """``dalles``, ``livrables`` and ``report``: where each file is."""
     emprise: BaseGeometry | None
@@ -44,8 +46,10 @@ class Publication:
 def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
     """The scan report: counts and every skipped file with its reason. Never a credential.
 
-    A `private` storage's report names no connection detail: its ``source`` is null and its
-    host never appears in a detail.
+    ``indexed`` (valid, read by this scan) + ``reused`` (valid, from the previous scan) are the
+    features written; ``skipped`` lists every other raster file: ``raster_files`` in all. A
+    `private` storage's report names no connection detail: its ``source`` is null and its host
+    never appears in a detail.
     """
     host = urlsplit(result.source).hostname if private else None
 
@@ -56,7 +60,7 @@ def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
         "source": None if private else result.source,
         "listed_files": result.listed_files,
         "raster_files": result.raster_files,
-        "indexed": len(result.dalles),
+        "indexed": result.indexed,
         "reused": result.reused,
         "skipped": [{"path": p.path, "reason": p.reason, "detail": shown(p.detail)}
                     for p in sorted(result.problems, key=lambda p: p.path)],
@@ -66,7 +70,15 @@ def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
 
 def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrable: Livrable | None,
                     today: date) -> Publication:
-    """Compute a scan's emprise and write its three files into `out`, each atomically."""
+    """Compute a scan's emprise and write its three files into `out`, each atomically.
+
+    A dalle that cannot be placed in WGS84 (a record of an earlier version) is published as the
+    `not_georeferenced` problem it is.
+    """
+    checked = check_footprints(result.dalles)
+    if any(a is not b for a, b in zip(checked, result.dalles, strict=True)):
+        result = replace(result, dalles=[r for r in checked if isinstance(r, Dalle)],
+                         problems=[*result.problems, *(r for r in checked if isinstance(r, DalleProblem))])
     dalles = sorted(result.dalles, key=lambda d: d.path)
     started = time.perf_counter()
     emprise = compute_emprise(dalles)
@@ -80,9 +92,9 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
         write_feature_collection(f, [feature])
     with atomic_writer(paths["report"]) as f:
         json.dump(report(result, private=livrable is not None and livrable.stockage_public is False), f,
-                  ensure_ascii=False, indent=2)
+                  ensure_ascii=False, indent=2, allow_nan=False)
         f.write("\n")
-    return Publication(paths, emprise, feature, emprise_s)
+    return Publication(result, paths, emprise, feature, emprise_s)
 
 
 def _valid_dalles(engine: Engine, storage: int) -> Iterator[Dalle]:

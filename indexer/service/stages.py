@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from sqlalchemy import Engine
 
+from indexer.emprise import check_footprints
 from indexer.errors import StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileRole, Record, ScanResult, SkipReason
 from indexer.pipeline import ScanOptions, read_all, split_reusable
@@ -150,15 +151,16 @@ class Published:
 
 def _place(engine: Engine, storage: Storage, target: ScanTarget,
            fresh: list[Record]) -> None:
-    """Place the proprietary dalles the scan read, as `scan_storage` does, with the scan's sidecars."""
+    """Place the proprietary dalles the scan read, as `scan_storage` does, with the scan's sidecars,
+    and check every footprint it read (`check_footprints`)."""
+    placed = fresh
     proprietary = [r for r in fresh if isinstance(r, DalleProblem) and r.reason == SkipReason.UNSUPPORTED
                    and suffix(r.path) in PROPRIETARY_FORMATS]
-    if not proprietary:
-        return
-    stems = {stem(r.path) for r in proprietary}
-    sidecars = records.sidecar_files(engine, target.scan, stems)
-    placed = place_proprietary(storage, Listing.of(sidecars), fresh)
-    changed = [new for new, old in zip(placed, fresh, strict=True) if new != old]
+    if proprietary:
+        stems = {stem(r.path) for r in proprietary}
+        sidecars = records.sidecar_files(engine, target.scan, stems)
+        placed = place_proprietary(storage, Listing.of(sidecars), fresh)
+    changed = [new for new, old in zip(check_footprints(placed), fresh, strict=True) if new != old]
     if changed:
         scans.replace_results(engine, target.storage, target.scan, changed)
 
@@ -176,22 +178,25 @@ def finalize_scan(engine: Engine, storage: Storage, target: ScanTarget, output_d
     row = queries.scan_row(engine, target.scan)
     if row is None:  # the scan was deleted in between
         return None
-    _place(engine, storage, target, records.scan_results_of(engine, target.storage, target.scan))
+    fresh = records.scan_results_of(engine, target.storage, target.scan)
+    _place(engine, storage, target, fresh)
     scans.touch_scan(engine, target.scan)
     kept = list(records.new_records(engine, target.storage, target.scan))
+    read = {r.path for r in fresh}
     started = aware(row.started_at) or now()
     result = ScanResult(
         source=storage.url,
         listed_files=row.listed,
         dalles=[r for r in kept if isinstance(r, Dalle)],
         problems=[r for r in kept if isinstance(r, DalleProblem)],
-        reused=row.reused,
+        reused_paths=frozenset(r.path for r in kept if r.path not in read),
         duration_s=(now() - started).total_seconds(),
     )
     projet, livrable = _livrable(engine, target.storage)
     out = output_dir / str(target.storage)
     publication = publish_outputs(out, result, projet, livrable, today)
-    counts = {"read": row.to_read or 0, "reused": result.reused, "skipped": len(result.problems),
+    result = publication.result
+    counts = {"read": row.to_read or 0, "reused": row.reused, "skipped": len(result.problems),
               "duration_s": round(result.duration_s, 3)}
     if not scans.commit_scan(engine, target.storage, target.scan, publication.feature, counts):
         return None
