@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -71,8 +71,9 @@ def area_of_use(crs: CRS) -> tuple[float, float, float, float]:
     A file's WKT seldom carries them: they come from its EPSG definition, else from that of its
     geodetic CRS (the datum's area, for a user-defined projection), else the whole world.
     """
-    for candidate in (lambda: crs, lambda: _by_code(crs), lambda: crs.geodetic_crs,
-                      lambda: _by_code(crs.geodetic_crs)):
+    candidates: list[Callable[[], CRS | None]] = [
+        lambda: crs, lambda: _by_code(crs), lambda: crs.geodetic_crs, lambda: _by_code(crs.geodetic_crs)]
+    for candidate in candidates:
         try:
             found = candidate()
         except CRSError:
@@ -158,8 +159,8 @@ def placement_problems(dalles: Sequence[Dalle], corners: np.ndarray | None = Non
             finite: np.ndarray = np.isfinite(c).all(axis=(1, 2)) & np.isfinite(resolution) & (resolution > 0)
             x, y = c[..., 0], c[..., 1]
             inside = np.asarray(((x >= xmin) & (x <= xmax) & (y >= ymin) & (y <= ymax)).all(axis=1))
-            shaped = inside & _convex(c)
-        for k in np.flatnonzero(~shaped):
+            placed = finite & inside & _convex(c)
+        for k in np.flatnonzero(~placed):
             if not finite[k]:
                 problems[indices[k]] = "its georeferencing is not finite (NaN or infinite numbers)"
             elif not inside[k]:

@@ -53,12 +53,13 @@ def _number(value: float | None) -> int | float | None:
 
 
 def _projet_number(livrable: Livrable | None, name: str) -> int | float | None:
-    """A number of the livrable's projet document, dropped with a warning when it is not finite (1e999)."""
-    value: float | None = getattr(livrable, name) if livrable else None
-    number = _number(value)
-    if value is not None and number is None:
+    """A number of the livrable's projet document as written, dropped with a warning when it is not
+    finite (1e999 reads as infinity): the outputs stay JSON."""
+    value: int | float | None = getattr(livrable, name) if livrable else None
+    if value is not None and not math.isfinite(value):
         log.warning("the livrable's %s is not a finite number (%s): written as null", name, value)
-    return number
+        return None
+    return value
 
 
 def epsg_label(epsg: int | None) -> str | None:
@@ -140,7 +141,7 @@ def livrable_properties(dalles: list[Dalle], projet: Projet | None, livrable: Li
         "taille": sum(d.size for d in dalles),
         "recouvrLat": _projet_number(livrable, "recouvr_lat"),
         "recouvrLon": _projet_number(livrable, "recouvr_lon"),
-        "focale": _projet_number(livrable, "focale"),
+        "focale": _number(_projet_number(livrable, "focale")),
         "licence": livrable.licence if livrable else None,
         "subventions": _unique(s.nature for s in projet.subventions) if projet else [],
         "acteurs": _unique(a.nom for a in projet.acteurs) if projet else [],

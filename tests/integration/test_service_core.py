@@ -136,7 +136,10 @@ def test_a_rescan_reads_only_new_or_changed_dalles(store: Engine, livrable_copy:
     assert plan is not None and (plan.listed, plan.reused, plan.to_read, plan.chunks) == (23, 21, 1, 1)
     stages.read_chunk(store, storage, target, 0, ScanOptions())
     published = stages.finalize_scan(store, storage, target, tmp_path / "out", TODAY)
-    assert published is not None and (published.dalles, published.skipped, published.reused) == (15, 7, 21)
+    assert published is not None and (published.dalles, published.skipped, published.reused) == (15, 7, 14)
+    report = json.loads((tmp_path / "out" / "1" / "report.json").read_text())
+    # The new dalle is read, the 14 others reused; the 7 skipped files, reused too, are listed once.
+    assert (report["raster_files"], report["indexed"], report["reused"], len(report["skipped"])) == (22, 1, 14, 7)
     assert storage.reads == ["lot 1/nouvelle.tif"]
     paths = [r.path for r in store_records.load_records(store, 1)]
     assert "lot 1/nouvelle.tif" in paths and "lot 1/PCRS_651200_6862000_L93.tif" not in paths
