@@ -25,10 +25,10 @@ from indexer.read.view import ByteView, Finding
 _TIFF_TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4,
                     16: 8, 17: 8, 18: 8}
 _TIFF_INT_FORMATS = {1: "B", 3: "H", 4: "I", 16: "Q", 6: "b", 8: "h", 9: "i", 17: "q", 13: "I", 18: "Q"}
-_WIDTH, _HEIGHT, _SAMPLES, _PLANAR = 256, 257, 277, 284
+_WIDTH, _HEIGHT, _BITS, _COMPRESSION, _SAMPLES, _PLANAR = 256, 257, 258, 259, 277, 284
 _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 273, 279, 324, 325
 _TABLES = frozenset({_STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS})
-_WANTED = frozenset({_WIDTH, _HEIGHT, _SAMPLES, _PLANAR})
+_WANTED = frozenset({_WIDTH, _HEIGHT, _BITS, _COMPRESSION, _SAMPLES, _PLANAR})
 GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 _GEO_TAGS = (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
@@ -276,13 +276,22 @@ def _check_blocks(view: ByteView, header: TiffHeader, tables: dict[int, _Table])
             or counts is not None and counts.inline is None \
             and counts.offset + counts.count * _TIFF_TYPE_SIZES[counts.typ] > view.size:
         return _corrupt("the TIFF block table lies past the end of the file")
-    return _check_table(view, header.order, offsets, counts)
+    written = _check_table(view, header.order, offsets, counts)
+    if isinstance(written, Finding):
+        return written
+    if written == offsets.count and tags.get(_COMPRESSION, (1,))[0] == 1:  # uncompressed: the pixels need room
+        samples = max(tags.get(_SAMPLES, (1,))[0], 1)
+        needed = width * height * samples * sum(tags.get(_BITS, (1,))[:samples]) // samples // 8
+        if needed > view.size:
+            return _corrupt(f"image data cut short: {width}x{height} uncompressed pixels need {needed} bytes, "
+                            f"the file has {view.size} bytes")
+    return None
 
 
-def _check_table(view: ByteView, order: str, offsets: _Table, counts: _Table | None) -> Finding | None:
-    """Whether any block was written, and the furthest block end within the file."""
+def _check_table(view: ByteView, order: str, offsets: _Table, counts: _Table | None) -> Finding | int:
+    """The number of blocks written, after checking there is one and the furthest block ends within the file."""
     step = TABLE_PIECE // 8
-    written, furthest, furthest_block = False, 0, 0
+    written, furthest, furthest_block = 0, 0, 0
     for first in range(0, offsets.count, step):
         n = min(step, offsets.count - first)
         starts = _table_values(view, order, offsets, first, n)
@@ -292,7 +301,7 @@ def _check_table(view: ByteView, order: str, offsets: _Table, counts: _Table | N
         used = lengths > 0 if counts is not None else starts > 0
         if not used.any():
             continue
-        written = True
+        written += int(used.sum())
         ends = np.where(used, starts + lengths, 0)
         block = int(ends.argmax())
         if int(ends[block]) > furthest:
@@ -302,7 +311,7 @@ def _check_table(view: ByteView, order: str, offsets: _Table, counts: _Table | N
     if furthest > view.size:
         return _corrupt(f"image data cut short: block {furthest_block} ends at byte {furthest}, "
                         f"the file has {view.size} bytes")
-    return None
+    return written
 
 
 def model_transform(tiff: TiffHeader) -> Affine | None:

@@ -74,3 +74,55 @@ def test_an_error_nobody_foresaw_is_the_dalles_problem(tmp_path: Path, monkeypat
     assert isinstance(record, DalleProblem)
     assert (record.reason, record.detail) == ("corrupt", "the header cannot be read: ZeroDivisionError: "
                                                          "division by zero")
+
+
+def test_a_4_kb_tiff_claiming_a_billion_by_a_billion_pixels_is_corrupt(tmp_path: Path) -> None:
+    from tests.unit.rasters import set_entry
+
+    data = bytearray(geotiff(tmp_path / "huge.tif").read_bytes())
+    set_entry(data, 256, typ=4, value=10**9)
+    set_entry(data, 257, typ=4, value=10**9)
+    (tmp_path / "huge.tif").write_bytes(data)
+    assert len(data) < 4096
+    assert reason(tmp_path / "huge.tif") == (
+        "corrupt", f"image data cut short: 1000000000x1000000000 uncompressed pixels need {10**18} bytes, "
+                   f"the file has {len(data)} bytes")
+
+
+def bigtiff_with_empty_table(path: Path, tiles: int) -> Path:
+    """A sparse BigTIFF whose tile table has `tiles` LONG entries, all zero: not one tile written."""
+    across = 1 << 14
+    entries = [(256, 4, 1, across * 256), (257, 4, 1, tiles // across * 256), (258, 3, 1, 8), (259, 3, 1, 8),
+               (262, 3, 1, 1), (277, 3, 1, 1), (322, 3, 1, 256), (323, 3, 1, 256),
+               (324, 4, tiles, 4096), (325, 4, tiles, 4096 + 4 * tiles)]
+    ifd = struct.pack("<Q", len(entries)) + b"".join(struct.pack("<HHQQ", *e) for e in entries) + b"\0" * 8
+    with path.open("wb") as out:
+        out.write(b"II+\x00\x08\x00\x00\x00" + struct.pack("<Q", 16) + ifd)
+        out.truncate(4096 + 8 * tiles)
+    return path
+
+
+def test_a_sparse_tiff_with_a_huge_block_table_is_empty_in_bounded_memory(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = bigtiff_with_empty_table(tmp_path / "sparse.tif", 1 << 27)
+    assert path.stat().st_size > 1 << 30
+    tracemalloc.start()
+    try:
+        assert reason(path) == ("empty", f"no image block was ever written ({1 << 27} in the table)")
+        assert tracemalloc.get_traced_memory()[1] < 32 << 20
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_jpeg2000_of_tiny_boxes_is_corrupt_after_a_bounded_walk(tmp_path: Path) -> None:
+    from tests.unit.test_gdal_fidelity import Counting
+
+    signature = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+    (tmp_path / "boxes.jp2").write_bytes(signature + struct.pack(">I4s", 8, b"junk") * 200_000)
+    storage = Counting(tmp_path)
+    entry = storage.list_files()[0]
+    record = read_dalle(storage, entry)
+    assert isinstance(record, DalleProblem)
+    assert (record.reason, record.detail) == ("corrupt", "more than 1024 boxes in the JPEG 2000 file")
+    assert storage.ranges == []  # the first 16 KiB held the 1,024 boxes walked
