@@ -45,14 +45,15 @@ def native_area(geometry: dict[str, Any]) -> float:
 
 
 def claimed_tiff(path: Path, width: int, height: int, origin: tuple[float, float] = (700000.0, 6600200.0)) -> Path:
-    """A 4 KB Lambert-93 GeoTIFF of one strip, 1 m pixels, whose header claims `width` × `height` pixels."""
+    """A 4 KB Lambert-93 GeoTIFF of one DEFLATE strip, 1 m pixels, whose header claims `width` × `height` pixels
+    (uncompressed, the reader finds the file too small for them: `corrupt`)."""
     entries: list[tuple[int, int, int, bytes]] = []
 
     def tag(number: int, kind: int, values: list[float]) -> None:
         code = {3: "H", 4: "I", 12: "d"}[kind]
         entries.append((number, kind, len(values), struct.pack("<" + code * len(values), *values)))
 
-    for number, kind, values in ((256, 4, [width]), (257, 4, [height]), (258, 3, [8]), (259, 3, [1]),
+    for number, kind, values in ((256, 4, [width]), (257, 4, [height]), (258, 3, [8]), (259, 3, [8]),
                                  (262, 3, [1]), (273, 4, [3000]), (277, 3, [1]), (278, 4, [height]),
                                  (279, 4, [1000]), (33550, 12, [1.0, 1.0, 0.0]),
                                  (33922, 12, [0.0, 0.0, 0.0, *origin, 0.0]),
