@@ -1,7 +1,10 @@
 """The rules every remote listing follows, whatever the transport, and the level-by-level crawl.
 
 Folders are visited breadth first. A folder whose listing repeats one of its ancestors' is a
-link looping back up (a symbolic link to ``..``): it is skipped. Going deeper than `max_depth`
+link looping back up (a symbolic link to ``..``): it is skipped. A listing of bare names (Python's
+``http.server`` shows no size nor date) proves nothing by itself, a real folder may hold the
+names of its parent (``dalles/dalles/``): such a folder is crawled, and dropped with what was found
+below it only when the folder one more turn of the loop down repeats the ancestor again. Going deeper than `max_depth`
 folders, past `max_entries` files or past `max_folders` folders (a server making up new folders
 without end) ends the listing with `ListingLimitReached` rather than a crawl without end
 (`CrawlLimits`).
@@ -64,22 +67,47 @@ class Crawl:
         self.folders = 1
         """Folders visited or queued, the root included."""
         self._prints: dict[str, int] = {}
+        self._suspects: dict[str, tuple[str, int]] = {}
+        """Folder one turn of a possible loop further down -> (the folder repeating bare names, their print)."""
+        self._loops: list[str] = []
+        """Folders found to be links looping back up: nothing below them is kept."""
 
     def visit(self, folder: str, children: list[Child]) -> list[tuple[str, Child]]:
         """Record the files of `folder` ('' for the root, else ending in '/'); its sub-folders to visit.
 
         Returns (path, child) pairs, the path ending in '/'.
         """
-        depth = folder.count("/")
+        if any(folder.startswith(loop) for loop in self._loops):
+            return []
         fingerprint = hash(tuple(sorted((c.name, c.is_dir, c.size, c.mtime) for c in children)))
+        suspect = self._suspects.pop(folder, None)
+        if suspect is not None and suspect[1] == fingerprint:
+            self._drop_loop(suspect[0])
+            return []
         ancestor = folder
         while ancestor:
             ancestor = ancestor[: ancestor.rstrip("/").rfind("/") + 1]
-            if self._prints.get(ancestor) == fingerprint:
+            if self._prints.get(ancestor) != fingerprint:
+                continue
+            if any(c.size is not None or c.mtime is not None for c in children):
                 log.warning("folder skipped: it repeats an ancestor (a link looping back up)",
                             extra={"storage": self.url, "folder": folder})
                 return []
+            self._suspects[folder + folder[len(ancestor):]] = (folder, fingerprint)  # bare names: look one turn on
+            break
         self._prints[folder] = fingerprint
+        return self._record(folder, children)
+
+    def _drop_loop(self, folder: str) -> None:
+        """Forget what was found below a folder seen to loop back up, and go no further in it."""
+        log.warning("folder skipped: it repeats an ancestor twice (a link looping back up)",
+                    extra={"storage": self.url, "folder": folder})
+        self._loops.append(folder)
+        self.entries = [e for e in self.entries if not e.path.startswith(folder)]
+        self.refs = {path: ref for path, ref in self.refs.items() if not path.startswith(folder)}
+
+    def _record(self, folder: str, children: list[Child]) -> list[tuple[str, Child]]:
+        depth = folder.count("/")
         limits = self.limits
         folders = []
         for child in sorted(children, key=lambda c: c.name):

@@ -23,7 +23,7 @@ from indexer.read.formats import raster_mime
 from indexer.sample import write_dalle
 from indexer.settings import get_settings
 from indexer.storages import AccessOptions, open_storage
-from tests.servers.servers import SFTP_USER, FaultyHTTP, Nginx, ProFTPD, public_folder
+from tests.servers.servers import SFTP_USER, FaultyHTTP, Nginx, ProFTPD, PythonHTTP, public_folder
 from tests.servers.storage_fixtures import (
     FTP_PASSWORD,
     PUBLIC_BUCKET,
@@ -411,6 +411,42 @@ def test_a_listing_with_a_link_loop_is_crawled_once(looping: Path, served: Serve
     assert [f.path for f in files] == ["b.tif", "lot/a.tif"]
     # The looping folder is fetched once, seen to repeat an ancestor, and not followed further.
     assert pages == ["/livrable/", "/livrable/lot/", "/livrable/lot/boucle/"]
+
+
+def test_a_link_loop_over_python_http_server_is_cut_one_turn_down(looping: Path, served: Served,
+                                                                 tmp_path: Path) -> None:
+    server = PythonHTTP(looping, tmp_path / "pyhttp").start()
+    try:
+        storage = open_storage(f"{server.url}/livrable/", options=AccessOptions.from_settings(
+            settings_for(served, tmp_path)))
+        files = storage.list_files()
+        pages = [unquote(r.path) for r in server.requests()]
+    finally:
+        server.stop()
+    assert [f.path for f in files] == ["b.tif", "lot/a.tif"]
+    # Bare names prove nothing: the loop is followed until it repeats the ancestor a second time.
+    assert pages == ["/livrable/", "/livrable/lot/", "/livrable/lot/boucle/", "/livrable/lot/boucle/lot/",
+                     "/livrable/lot/boucle/lot/boucle/"]
+
+
+def test_a_folder_listing_the_names_of_its_parent_is_crawled(served: Served, tmp_path: Path) -> None:
+    root = public_folder()
+    try:
+        # As an archive unpacked into a folder of its own name leaves it: livrable/dalles/dalles/.
+        for name in ("a.tif", "b.tif"):
+            write_dalle(root / "livrable" / "dalles" / "dalles" / name, (700000.0, 6600200.0), pixels=16)
+        server = PythonHTTP(root, tmp_path / "pyhttp").start()
+        try:
+            storage = open_storage(f"{server.url}/livrable/", options=AccessOptions.from_settings(
+                settings_for(served, tmp_path)))
+            files = storage.list_files()
+            pages = [unquote(r.path) for r in server.requests()]
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(root)
+    assert [f.path for f in files] == ["dalles/dalles/a.tif", "dalles/dalles/b.tif"]
+    assert pages == ["/livrable/", "/livrable/dalles/", "/livrable/dalles/dalles/"]
 
 
 def test_an_ftp_link_loop_is_not_followed(looping: Path, served: Served, tmp_path: Path) -> None:
