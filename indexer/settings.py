@@ -40,7 +40,7 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="Longest wait a server's Retry-After may impose before a retry.")
     max_listing_bytes: int = Field(
         default=16 * 1024 * 1024, ge=64 * 1024,
-        description="Largest listing response read (an HTTP listing page, decoded).")
+        description="Largest listing response read (an HTTP listing page, decoded; an S3 listing page).")
     user_agent: str = "pcrs-indexer/0.1 (+https://pcrs.beta.gouv.fr)"
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

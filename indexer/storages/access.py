@@ -398,7 +398,7 @@ class AccessOptions:
     connections: int = 32
     """Connections to one HTTP server at once (the scan's concurrency)."""
     max_listing_bytes: int = 16 * 1024 * 1024
-    """Largest listing response (an HTTP listing page, decoded)."""
+    """Largest listing response (an HTTP listing page, decoded; an S3 listing page)."""
     tls_ca_file: Path | None = None
     sftp_key_file: Path | None = None
     s3_endpoint_url: str | None = None

@@ -95,11 +95,13 @@ class GuardedResolver(AbstractResolver):
 
     def __init__(self, addresses: AddressPolicy) -> None:
         self._addresses = addresses
-        self._inner = DefaultResolver()
+        self._inner: AbstractResolver | None = None  # made on the loop, at the first resolution
 
     async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
                       ) -> list[ResolveResult]:
         """Resolve `host`; raises `ForbiddenAddress` when one of its addresses is refused."""
+        if self._inner is None:
+            self._inner = DefaultResolver()
         results = await self._inner.resolve(host, port, family)
         for result in results:
             self._addresses.check(host, result["host"])
@@ -107,7 +109,8 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         """Close the default resolver."""
-        await self._inner.close()
+        if self._inner is not None:
+            await self._inner.close()
 
 
 def guarded_socket_factory(addresses: AddressPolicy) -> Callable[[Any], socket.socket]:

@@ -7,7 +7,12 @@ as public buckets expect. The instance metadata service (169.254.169.254) is nev
 crawler must not reach it.
 
 A listing is one paginated ListObjectsV2 over the prefix; a header read is one ranged GetObject.
-Retries are this module's, s3fs's and botocore's own being turned off so the bound holds.
+Retries are this module's, s3fs's and botocore's own being turned off so the bound holds: every
+call with its retries ends within the retry policy's deadline. Every connection, redirects
+included, is checked by the address policy where it is made (the resolver and the socket
+factory of its aiohttp connector, as HTTP storages do), so the address checked is the one
+connected to. A listing answer is read up to ``max_listing_bytes``; a ranged read takes the bytes
+asked for and no more.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
@@ -35,11 +40,12 @@ from indexer.storages.access import (
     keep_secret,
     mask_url,
     parse_location,
-    retry_sync,
+    retry_async,
 )
 from indexer.storages.addresses import AddressPolicy
 from indexer.storages.base import Storage
 from indexer.storages.crawl import CrawlLimits, listing_failure
+from indexer.storages.http import GuardedResolver, guarded_socket_factory
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +110,7 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, prefix: str, policy: RetryPolicy, endpoint_url: str | None = None,
                  region: str | None = None, addresses: AddressPolicy | None = None,
-                 limits: CrawlLimits | None = None) -> None:
+                 limits: CrawlLimits | None = None, max_listing_bytes: int = 16 * 1024 * 1024) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.policy = policy
@@ -112,6 +118,7 @@ class S3Storage(Storage):
         self.region = region
         self.addresses = addresses or AddressPolicy()
         self.limits = limits or CrawlLimits()
+        self.max_listing_bytes = max_listing_bytes
         query = f"?{urlencode({'endpoint_url': endpoint_url}, safe=':/')}" if endpoint_url else ""
         self.url = mask_url(f"s3://{bucket}/{self.prefix}{query}")
         self._fs: S3FileSystem | None = None
@@ -132,7 +139,8 @@ class S3Storage(Storage):
             raise InvalidSource(f"{mask_url(url)}: the endpoint URL must not hold credentials "
                                 "(give AWS keys the usual way)")
         return cls(parts.netloc, unquote(parts.path), options.retry, endpoint_url,
-                   query.get("region") or options.s3_region, options.addresses, options.crawl)
+                   query.get("region") or options.s3_region, options.addresses, options.crawl,
+                   options.max_listing_bytes)
 
     def _filesystem(self) -> S3FileSystem:
         with self._lock:
@@ -155,22 +163,26 @@ class S3Storage(Storage):
                     token=credentials.token if credentials else None,
                     client_kwargs=client_kwargs,
                     config_kwargs={"connect_timeout": timeout, "read_timeout": timeout,
-                                   "retries": {"max_attempts": 1, "mode": "standard"}},
+                                   "retries": {"max_attempts": 1, "mode": "standard"},
+                                   "connector_args": {"resolver": GuardedResolver(self.addresses),
+                                                      "socket_factory": guarded_socket_factory(self.addresses)},
+                                   "http_session_cls": s3fs_adapter.capped_session(self.max_listing_bytes,
+                                                                                   "max_listing_bytes")},
                     skip_instance_cache=True, use_listings_cache=False)
-                fs.retries = 1  # one attempt per call: retry_sync does the retrying
+                fs.retries = 1  # one attempt per call: retry_async does the retrying
                 self._fs = fs
             return self._fs
 
-    def _call(self, what: str, operation: Callable[[S3FileSystem], T]) -> T:
-        return retry_sync(self.policy, what, lambda: operation(self._filesystem()), classify_s3)
-
-    def _sync(self, fs: S3FileSystem, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        return sync(fs.loop, method, *args, timeout=self.policy.timeout_s, **kwargs)
+    def _call(self, what: str, operation: Callable[[S3FileSystem], Awaitable[T]]) -> T:
+        """Run `operation` on the file system's loop, retried within the policy's deadline."""
+        fs = self._filesystem()
+        return sync(fs.loop, retry_async, self.policy, what, lambda: operation(fs),  # type: ignore[no-any-return]
+                    classify_s3, timeout=self.policy.deadline_s + 5)
 
     def list_files(self) -> list[FileEntry]:
         """Every object under the prefix, one paginated listing. No object at all is "not found"."""
         try:
-            objects = self._call(self.url, lambda fs: self._sync(fs, self._list, fs))
+            objects = self._call(self.url, self._list)
         except FileNotFoundError:
             raise StorageUnreachable(f"cannot list {self.url}: no such bucket") from None
         except (ReadError, ForbiddenAddress) as exc:
@@ -201,22 +213,31 @@ class S3Storage(Storage):
         return f"{self.bucket}/{self.prefix}/{path}" if self.prefix else f"{self.bucket}/{path}"
 
     def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
-        """One ranged GetObject; the size comes from the listing."""
+        """One ranged GetObject; the size comes from the listing, checked against the answer's
+        ``Content-Range`` and the bytes received."""
         key = self._key(entry.path)
 
-        def read(fs: S3FileSystem) -> tuple[bytes, FileEntry]:
-            size = entry.size if entry.size is not None else int(self._sync(fs, fs._info, key)["size"])
-            data = self._sync(fs, fs._cat_file, key, start=0, end=min(length, size)) if size else b""
+        async def read(fs: S3FileSystem) -> tuple[bytes, FileEntry]:
+            size = entry.size if entry.size is not None else int((await fs._info(key))["size"])
+            if not size:
+                return b"", replace(entry, size=0)
+            data, content_range = await s3fs_adapter.get_range(fs, self.bucket, key[len(self.bucket) + 1:], 0,
+                                                              min(length, size))
+            _check_sizes(entry.path, size, content_range, len(data), min(length, size))
             return data, replace(entry, size=size)
 
         return self._read(entry.path, read)
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
-        """A ranged GetObject."""
-        key = self._key(path)
-        return self._read(path, lambda fs: self._sync(fs, fs._cat_file, key, start=start, end=end))  # type: ignore[no-any-return]
+        """A ranged GetObject, read up to the bytes asked for."""
+        key = self._key(path)[len(self.bucket) + 1:]
 
-    def _read(self, path: str, operation: Callable[[S3FileSystem], T]) -> T:
+        async def read(fs: S3FileSystem) -> bytes:
+            return (await s3fs_adapter.get_range(fs, self.bucket, key, start, end))[0]
+
+        return self._read(path, read)
+
+    def _read(self, path: str, operation: Callable[[S3FileSystem], Awaitable[T]]) -> T:
         try:
             return self._call(path, operation)
         except FileNotFoundError as exc:
@@ -230,3 +251,13 @@ class S3Storage(Storage):
             fs, self._fs = self._fs, None
         if fs is not None:
             s3fs_adapter.close(fs, self.policy.timeout_s)
+
+
+def _check_sizes(path: str, size: int, content_range: str | None, received: int, asked: int) -> None:
+    """The listing's size, the ``Content-Range`` total and the bytes received must agree (`ReadError`)."""
+    total = content_range.rpartition("/")[2] if content_range else ""
+    if total.isdigit() and int(total) != size:
+        raise ReadError(path, f"sizes disagree: the listing says {size} bytes, the Content-Range header {total}")
+    if received != asked:
+        raise ReadError(path, f"sizes disagree: received {received} bytes of the first {asked} of a "
+                              f"{size}-byte file")

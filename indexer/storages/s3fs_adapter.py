@@ -1,9 +1,10 @@
-"""What the S3 storage needs of s3fs that s3fs keeps private: one adapter, pinned, tested.
+"""What the S3 storage needs of s3fs and aiobotocore that they keep private: one adapter, pinned, tested.
 
 s3fs has no public way to stream a listing (``find`` and ``ls`` build it whole in memory and
-cache it) nor to close a client that may not be connected yet. Both go through here, written
-against the s3fs release `TESTED` names; ``tests/unit/test_adapters.py`` fails when s3fs changes
-under them.
+cache it), to read a range without reading the whole answer, nor to close a client that may not
+be connected yet; aiobotocore reads a whole response before botocore parses it. All go through
+here, written against the s3fs release `TESTED` names (and the aiobotocore it pins);
+``tests/unit/test_adapters.py`` fails when they change under them.
 """
 
 from __future__ import annotations
@@ -11,17 +12,82 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import botocore.exceptions
+from aiobotocore.httpsession import AIOHTTPSession
 from fsspec.asyn import sync
 from s3fs import S3FileSystem
 
+from indexer.errors import ForbiddenAddress
+from indexer.storages.access import ResponseTooLarge
+
 TESTED = "2026.9.0"
 """The s3fs release this adapter was written and tested against; ``pyproject.toml`` allows its year only."""
+
+_CHUNK = 64 * 1024
 
 
 def iter_objects(fs: S3FileSystem, bucket: str, prefix: str) -> AsyncIterator[dict[str, Any]]:
     """Every object under `prefix`, page by page as ListObjectsV2 returns them, nothing cached."""
     objects: AsyncIterator[dict[str, Any]] = fs._iterdir(bucket, delimiter="", prefix=prefix)
     return objects
+
+
+async def get_range(fs: S3FileSystem, bucket: str, key: str, start: int, end: int) -> tuple[bytes, str | None]:
+    """Bytes [start, end) of an object, and the answer's ``Content-Range`` (None when the server
+    ignored the range and sent the whole object, of which only the bytes asked for are read)."""
+    answer = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
+    body = answer["Body"]
+    try:
+        content_range = answer.get("ContentRange")
+        skip = 0 if content_range else start
+        while skip > 0:
+            skipped = await body.read(min(skip, _CHUNK))
+            if not skipped:
+                break
+            skip -= len(skipped)
+        data = bytearray()
+        while len(data) < end - start:
+            chunk = await body.read(min(end - start - len(data), _CHUNK))
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data), content_range
+    finally:
+        body.close()
+
+
+def capped_session(max_bytes: int, setting: str) -> type[AIOHTTPSession]:
+    """aiobotocore's HTTP session reading a whole (non-streamed) answer only up to `max_bytes`
+    (`ResponseTooLarge` past it), and letting the address policy's refusal through unwrapped."""
+
+    class CappedSession(AIOHTTPSession):  # type: ignore[misc]
+        async def send(self, request: Any) -> Any:
+            streamed = request.stream_output
+            request.stream_output = True  # the body is read here, bounded, not by aiobotocore
+            try:
+                response = await super().send(request)
+            except botocore.exceptions.HTTPClientError as exc:
+                if isinstance(exc.kwargs.get("error"), ForbiddenAddress):
+                    raise exc.kwargs["error"] from None
+                raise
+            finally:
+                request.stream_output = streamed
+            if not streamed:
+                response._content = await _read_capped(response.raw, max_bytes, setting)
+            return response
+
+    return CappedSession
+
+
+async def _read_capped(raw: Any, max_bytes: int, setting: str) -> bytes:
+    if raw.content_length is not None and raw.content_length > max_bytes:
+        raise ResponseTooLarge(max_bytes, setting)
+    body = bytearray()
+    async for chunk in raw.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ResponseTooLarge(max_bytes, setting)
+    return bytes(body)
 
 
 def close(fs: S3FileSystem, timeout_s: float) -> None:

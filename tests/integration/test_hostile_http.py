@@ -23,7 +23,7 @@ from rasterio.crs import CRS
 from indexer.pipeline import index_livrable
 from indexer.settings import Settings
 from tests.servers.measure import Run, pcrs_indexer, run_measured
-from tests.servers.servers import FaultyHTTP, Nginx
+from tests.servers.servers import FaultyHTTP, MotoS3, Nginx
 
 pytestmark = pytest.mark.servers
 
@@ -220,3 +220,61 @@ def test_trickled_file_bodies_are_read_concurrently(
     assert all(r.range == "bytes=0-16383" for r in reads)  # one read per dalle: no synchronous re-read
     assert run.wall_s < 12
     assert run.peak_rss_mb < RSS_BOUND_MB
+
+
+# S3: an allowed endpoint redirecting to a refused address is refused; answers are bounded.
+
+@pytest.fixture(scope="module")
+def refused_s3(sample_livrable: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto on 127.0.0.2, an address the scans' settings refuse, with the sample in a public bucket."""
+    server = MotoS3(tmp_path_factory.mktemp("moto"), host="127.0.0.2").start()
+    try:
+        server.upload(sample_livrable, "pcrs-public", "livrable", public=True)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("status", [301, 302, 307])
+def test_an_s3_endpoint_redirecting_to_a_refused_address_is_refused(
+        status: int, refused_s3: MotoS3, hostile: Callable[..., FaultyHTTP], out: Path, good_outputs: Path,
+        tmp_path: Path) -> None:
+    redirector = hostile(redirect=refused_s3.url, redirect_status=status)
+    source = f"s3://pcrs-public/livrable?endpoint_url={redirector.url}"
+    run = index(source, out, tmp_path)
+    assert run.code == 3, run.stderr
+    assert run.stderr == (f"pcrs-indexer: error: cannot list {source}: 127.0.0.2 is a loopback address: refused "
+                          "(allow it with the allowed_networks setting)\n")
+    assert [r.status for r in redirector.requests()] == [status]  # the redirect was not followed
+    assert not [r for r in refused_s3.requests() if r.method == "GET"]
+    assert run.wall_s < 20
+    assert run.peak_rss_mb < RSS_BOUND_MB
+    assert intact(out, good_outputs)
+
+
+def test_the_same_s3_endpoint_allowed_is_listed(refused_s3: MotoS3, hostile: Callable[..., FaultyHTTP],
+                                                good_outputs: Path, tmp_path: Path) -> None:
+    redirector = hostile(redirect=refused_s3.url, redirect_status=307)
+    source = f"s3://pcrs-public/livrable?endpoint_url={redirector.url}"
+    run = index(source, tmp_path / "out", tmp_path, ALLOWED_NETWORKS="127.0.0.1/32,127.0.0.2/32")
+    assert (run.code, run.stderr) == (0, "")
+    assert json.loads(run.stdout)["indexed"] == report(good_outputs)["indexed"]
+    assert run.peak_rss_mb < RSS_BOUND_MB
+
+
+@pytest.mark.parametrize(("mode", "cause"), [
+    ("endless-s3-listing", f"the response is larger than {16 * 1024 * 1024} bytes (the max_listing_bytes setting): "
+                           "reading stopped there"),
+    ("trickle-listing", f"timed out ({RETRIES} attempts){NO_RETRY}"),
+])
+def test_an_s3_listing_that_never_ends_is_bounded(
+        mode: str, cause: str, hostile: Callable[..., FaultyHTTP], out: Path, good_outputs: Path, startup_s: float,
+        tmp_path: Path) -> None:
+    server = hostile(hostile=mode)
+    source = f"s3://pcrs/livrable?endpoint_url={server.url}"
+    run = index(source, out, tmp_path)
+    assert run.code == 3, run.stderr
+    assert run.stderr == f"pcrs-indexer: error: cannot list {source}: {cause}\n"
+    assert run.wall_s < startup_s + DEADLINE_S + MARGIN_S
+    assert run.peak_rss_mb < RSS_BOUND_MB
+    assert intact(out, good_outputs)

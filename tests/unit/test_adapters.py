@@ -37,3 +37,14 @@ def test_sshfs_keeps_its_channel_pool_and_exit_stack() -> None:
     assert issubclass(sshfs_adapter.RangedSSHFileSystem, sshfs.SSHFileSystem)
     pool_get = inspect.getsource(sshfs.SSHFileSystem._cat_file)
     assert "async with self._pool.get() as channel:" in pool_get
+
+
+def test_aiobotocore_reads_only_unstreamed_answers_and_caches_their_content() -> None:
+    from aiobotocore.awsrequest import AioAWSResponse
+    from aiobotocore.httpsession import AIOHTTPSession
+
+    send = inspect.getsource(AIOHTTPSession.send)
+    assert "if not request.stream_output:" in send and "await http_response.content" in send
+    assert "if self._content is None:" in inspect.getsource(AioAWSResponse._content_prop)
+    assert issubclass(s3fs_adapter.capped_session(1024, "max_listing_bytes"), AIOHTTPSession)
+    assert inspect.iscoroutinefunction(s3fs.S3FileSystem._call_s3)
