@@ -122,6 +122,18 @@ def raster_info(src: DatasetReader, mime: str) -> RasterInfo:
     return RasterInfo(src.width, src.height, bands, compression)
 
 
+def _pam_colours(bands: tuple[str, ...], colours: tuple[tuple[int, str], ...]) -> tuple[str, ...]:
+    """Bands with the colour interpretations of an ``.aux.xml``, as GDAL takes them: names it knows
+    (in any case) but Undefined."""
+    named = list(bands)
+    known = {name.lower(): name for name in _COLOUR_NAMES}
+    for band, name in colours:
+        colour = known.get(name.lower(), "Undefined")
+        if 1 <= band <= len(named) and colour != "Undefined":
+            named[band - 1] = colour + named[band - 1][named[band - 1].rfind("("):]
+    return tuple(named)
+
+
 def _colour_name(interpretation: ColorInterp) -> str:
     value = int(interpretation.value)
     return _COLOUR_NAMES[value] if 0 <= value < len(_COLOUR_NAMES) else "Undefined"
@@ -138,6 +150,8 @@ def record_of(entry: FileEntry, size: int, mime: str, info: RasterInfo, transfor
     cannot be indexed. GDAL's ``.aux.xml`` (`pam`) takes precedence over the header, as in GDAL."""
     if pam is not None:
         transform, crs_wkt = pam.transform or transform, pam.crs_wkt or crs_wkt
+        if pam.colours and mime == "image/tiff":  # GDAL's GeoTIFF driver takes them, its JPEG 2000 one does not
+            info = replace(info, bands=_pam_colours(info.bands, pam.colours))
     if info.width == 0 or info.height == 0:
         return problem(entry, size, SkipReason.EMPTY, f"the raster has no pixels ({info.height}x{info.width})")
     if not info.bands:

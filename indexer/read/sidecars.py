@@ -33,6 +33,8 @@ class Georef:
 
     transform: Affine | None = None
     crs_wkt: str | None = None
+    colours: tuple[tuple[int, str], ...] = ()
+    """Colour interpretations an ``.aux.xml`` gives bands: (band number from 1, the name it is written with)."""
 
 
 def parse_world_file(text: str) -> Affine:
@@ -53,7 +55,9 @@ def parse_aux_xml(text: str) -> Georef:
     if gt:
         c, a, b, f, d, e = (float(v) for v in re.split(r"[,\s]+", gt.strip()))
         transform = Affine(a, b, c, d, e, f)
-    return Georef(transform, CRS.from_user_input(srs).to_wkt() if srs else None)
+    colours = tuple((int(band.get("band", "0")), (band.findtext("ColorInterp") or "").strip())
+                    for band in root.findall("PAMRasterBand") if band.findtext("ColorInterp"))
+    return Georef(transform, CRS.from_user_input(srs).to_wkt() if srs else None, colours)
 
 
 def has_world_file(sidecars: list[FileEntry]) -> bool:
@@ -65,6 +69,7 @@ def read_georef(storage: RangeReader, sidecars: list[FileEntry]) -> Georef | Non
     """Georeferencing from the sidecar files the listing showed for a dalle, if any is usable."""
     transform = None
     crs_wkt = None
+    colours: tuple[tuple[int, str], ...] = ()
     for side in sorted(sidecars, key=lambda s: s.path):
         ext = suffix(side.path)
         try:
@@ -78,11 +83,12 @@ def read_georef(storage: RangeReader, sidecars: list[FileEntry]) -> Georef | Non
                 aux = parse_aux_xml(text)
                 transform = transform or aux.transform
                 crs_wkt = crs_wkt or aux.crs_wkt
+                colours = colours or aux.colours
         except (ReadError, ValueError, ProjError, ET.ParseError) as exc:
             log.info("sidecar not usable", extra={"path": side.path, "error": str(exc)})
-    if transform is None and crs_wkt is None:
+    if transform is None and crs_wkt is None and not colours:
         return None
-    return Georef(transform, crs_wkt)
+    return Georef(transform, crs_wkt, colours)
 
 
 def read_pam(storage: RangeReader, sidecars: list[FileEntry]) -> Georef | None:

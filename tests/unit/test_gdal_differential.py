@@ -188,6 +188,13 @@ def aux_xml(path: Path, n: int) -> None:
         f"<GeoTransform>{1700000 + 64 * n}, 2, 0, 5200000, 0, -2</GeoTransform></PAMDataset>")
 
 
+def aux_xml_colours(path: Path, n: int) -> None:
+    Path(str(path) + ".aux.xml").write_text(
+        '<PAMDataset><PAMRasterBand band="1"><ColorInterp>nir</ColorInterp></PAMRasterBand>'
+        '<PAMRasterBand band="2"><ColorInterp>Undefined</ColorInterp></PAMRasterBand>'
+        '<PAMRasterBand band="3"><ColorInterp>bogus</ColorInterp></PAMRasterBand></PAMDataset>')
+
+
 def renamed(target: str) -> Callable[[Path, int], None]:
     def rename(path: Path, n: int) -> None:
         shutil.move(path, path.with_suffix(target))
@@ -247,6 +254,8 @@ VARIANTS = [
     Variant("nodata-long-header", {"nodata": 0}, tags={"NOTE": "x" * 40_000}),
     Variant("directory-at-the-end", {"compress": "deflate"}, count=3, edit=directory_at_the_end),
     Variant("aux-xml-precedence", edit=aux_xml),
+    Variant("aux-xml-colours", {**RGB}, count=3, edit=aux_xml_colours),
+    Variant("jp2-aux-xml-colours", ext=".jp2", count=3, edit=aux_xml_colours),
     Variant("no-strip-byte-counts", edit=no_strip_byte_counts),
     Variant("tiff-named-jp2", edit=renamed(".jp2")),
     Variant("jp2-lossy", ext=".jp2", count=3),
@@ -272,7 +281,7 @@ VARIANTS = [
 def test_every_field_equals_gdal(variant: Variant, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(variant.files):
         write(variant, tmp_path / f"d{n}{variant.ext}", n)
-    for aux in [] if variant.edit is aux_xml else tmp_path.glob("*.aux.xml"):
+    for aux in [] if variant.edit in (aux_xml, aux_xml_colours) else tmp_path.glob("*.aux.xml"):
         aux.unlink()  # rasterio's own PAM files: not part of the variant
     described: list[str] = []
     by_gdal = describe.describe_with_gdal
