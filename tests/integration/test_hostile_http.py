@@ -21,6 +21,7 @@ import pytest
 from rasterio.crs import CRS
 
 from indexer.pipeline import index_livrable
+from indexer.sample import write_dalle
 from indexer.settings import Settings
 from tests.servers.measure import Run, pcrs_indexer, run_measured
 from tests.servers.servers import FaultyHTTP, MotoS3, Nginx
@@ -278,3 +279,24 @@ def test_an_s3_listing_that_never_ends_is_bounded(
     assert run.wall_s < startup_s + DEADLINE_S + MARGIN_S
     assert run.peak_rss_mb < RSS_BOUND_MB
     assert intact(out, good_outputs)
+
+
+# Local storages: nothing outside the livrable's folder is read.
+
+def test_symbolic_links_leading_outside_the_folder_are_skipped(
+        make_dalle: Callable[..., Path], tmp_path: Path) -> None:
+    root = make_dalle("a.tif").parent
+    outside = write_dalle(tmp_path / "elsewhere" / "secret.tif", (700200.0, 6600200.0))
+    (tmp_path / "elsewhere" / "lot").mkdir()
+    write_dalle(tmp_path / "elsewhere" / "lot" / "b.tif", (700400.0, 6600200.0))
+    (root / "secret.tif").symlink_to(outside)
+    (root / "lot").symlink_to(tmp_path / "elsewhere" / "lot", target_is_directory=True)
+    (root / "sub").mkdir()
+    (root / "sub" / "again.tif").symlink_to(root / "a.tif")  # a link inside the folder is fine
+    run = index(str(root), tmp_path / "out", tmp_path)
+    assert run.code == 0, run.stderr
+    assert run.stderr == (f"WARNING indexer.storages.local: symbolic links leading outside the livrable's folder "
+                          f"skipped storage={root.as_uri()} skipped=1 links=secret.tif\n")
+    dalles = json.loads((tmp_path / "out" / "dalles.geojson").read_text())["features"]
+    assert sorted(f["properties"]["chemin"] for f in dalles) == ["a.tif", "sub/again.tif"]
+    assert run.peak_rss_mb < RSS_BOUND_MB
