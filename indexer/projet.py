@@ -127,6 +127,22 @@ class Projet(_Doc):
             raise ConfigError(f"invalid projet document: {where}: {first['msg']}") from exc
 
 
+def published_document(projet: Projet, livrable: Livrable | None) -> dict[str, Any]:
+    """What the store keeps of a projet for one livrable's outputs: the projet with that livrable
+    only, without its ``stockage_params`` (credentials live apart, encrypted)."""
+    document = projet.model_dump(mode="json", exclude={"livrables"})
+    document["livrables"] = [livrable.model_dump(mode="json", exclude={"stockage_params"})] if livrable else []
+    return document
+
+
+def projet_key(projet: Projet) -> str:
+    """What identifies a projet in the store: its ``_id``, else its ``nom``; `ConfigError` without either."""
+    key = projet.id or projet.nom
+    if not key:
+        raise ConfigError("projet without _id nor nom: its livrables cannot be told from another projet's")
+    return key
+
+
 def load_projet(location: str, timeout_s: float = 30.0, token: str | None = None) -> Projet:
     """Read a projet document from a file path or an http(s) URL.
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,8 @@ class Publication:
     """The livrable's feature of `livrables.geojson`."""
     emprise_s: float
     """Seconds computing the emprise."""
+    others: list[dict[str, Any]] = field(default_factory=list)
+    """The features of the other livrables published on the storage, in the order given."""
 
 
 def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
@@ -69,11 +71,12 @@ def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
 
 
 def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrable: Livrable | None,
-                    today: date) -> Publication:
+                    today: date, others: Sequence[tuple[Projet | None, Livrable | None]] = ()) -> Publication:
     """Compute a scan's emprise and write its three files into `out`, each atomically.
 
     A dalle that cannot be placed in WGS84 (a record of an earlier version) is published as the
-    `not_georeferenced` problem it is.
+    `not_georeferenced` problem it is. The files describe `livrable`; the features of `others`,
+    livrables sharing the storage, are computed with the same emprise for the store's export.
     """
     checked = check_footprints(result.dalles)
     if any(a is not b for a, b in zip(checked, result.dalles, strict=True)):
@@ -94,7 +97,8 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
         json.dump(report(result, private=livrable is not None and livrable.stockage_public is False), f,
                   ensure_ascii=False, indent=2, allow_nan=False)
         f.write("\n")
-    return Publication(result, paths, emprise, feature, emprise_s)
+    return Publication(result, paths, emprise, feature, emprise_s,
+                       [livrable_feature(dalles, emprise, p, liv, today) for p, liv in others])
 
 
 def _valid_dalles(engine: Engine, storage: int) -> Iterator[Dalle]:

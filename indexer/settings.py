@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from indexer.secrets import SecretBox
+
 
 def _default_data_dir() -> Path:
     return Path.home() / ".local" / "share" / "pcrs-indexer"
@@ -58,6 +60,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         default=None, description="S3-compatible endpoint (OVH, Scaleway, MinIO…); default AWS.")
     s3_region: str | None = Field(default=None, description="S3 region; default the AWS configuration's.")
+    secret_key: SecretStr | None = Field(
+        default=None, description="Fernet key(s), comma-separated, the first encrypting: storage credentials "
+                                  "are stored only encrypted with it (`pcrs-indexer db new-key`).")
     projet_api_url: str = Field(
         default="https://pcrs.beta.gouv.fr/",
         description="The PCRS site's API: projet URLs below it are fetched with projet_api_token.")
@@ -84,6 +89,10 @@ class Settings(BaseSettings):
         if self.projet_api_token is None or not location.startswith(base):
             return None
         return self.projet_api_token.get_secret_value()
+
+    def secret_box(self) -> SecretBox:
+        """What seals and opens storage credentials with `secret_key`."""
+        return SecretBox(self.secret_key.get_secret_value() if self.secret_key else None)
 
     def database_url(self) -> str:
         """The state store URL: ``db_url`` when set, else a SQLite file in ``data_dir``."""

@@ -12,6 +12,7 @@ name with JSON arguments:
   worker storing the last chunk sends ``pcrs.finalize_scan``.
 - ``pcrs.finalize_scan(scan_id)``: aggregates the emprise, writes the storage's files, ends the scan.
 - ``pcrs.requeue(storage_id, full=False)``: queues a scan of a known storage.
+- ``pcrs.unpublish(projet_id, livrable)``: removes a livrable from the export.
 - ``pcrs.watchdog()`` and ``pcrs.reindex_due()``: the beat schedule's periodic tasks.
 
 Every task may run twice (messages are acknowledged after the task, and given back when a
@@ -94,10 +95,11 @@ def limiter() -> HostLimiter | None:
 
 def open_target(target: ScanTarget) -> Storage:
     """The storage a scan reads, behind the fleet-wide host limiter."""
-    if target.source is None:
-        raise ConfigError(f"storage {target.storage} ({target.url}) has no source URL known: publish its livrable")
     settings = get_fleet_settings()
-    storage = open_storage(target.source, AccessOptions.from_settings(settings))
+    source = target.source(settings.secret_box())
+    if source is None:
+        raise ConfigError(f"storage {target.storage} ({target.url}) has no source URL known: publish its livrable")
+    storage = open_storage(source, AccessOptions.from_settings(settings))
     return limited(storage, limiter(), max_slots=settings.concurrency)
 
 
@@ -181,11 +183,22 @@ def publish(projet: dict[str, Any] | str, livrable: str | None = None, full: boo
                 if isinstance(request.projet, str)
                 else Projet.from_document(request.projet))
     try:
-        queued = queueing.publish(engine(), document, request.livrable, storage_url, request.full)
+        queued = queueing.publish(engine(), document, request.livrable, storage_url, request.full,
+                                  settings.secret_box())
     except (LivrableNotFound, ConfigError) as exc:
         return {"queued": [], "refused": [str(exc)], "skipped": []}
     enqueue_scans(q.scan for q in queued if q.scan is not None)
     return queueing.publish_summary(queued)
+
+
+@app.task(name="pcrs.unpublish")
+def unpublish(projet_id: str, livrable: str) -> dict[str, Any]:
+    """Remove a livrable (its projet's ``_id`` and its ``nom``) from the export."""
+    try:
+        storage = queueing.unpublish(engine(), str(projet_id), str(livrable))
+    except LivrableNotFound as exc:
+        return {"unpublished": None, "refused": str(exc)}
+    return {"unpublished": {"projet": projet_id, "livrable": livrable, "storage": storage}}
 
 
 @app.task(name="pcrs.requeue")

@@ -4,7 +4,7 @@ Data goes to stdout (JSON), messages and progress to stderr. Exit codes (`option
 0 ok, 1 unexpected, 2 usage, 3 storage, 4 not found, 5 a scan already running.
 
 - `index`: the one-machine job (`indexer.cli.index`);
-- `publish`, `storages`, `status`, `requeue`, `export`, `worker`, `beat`, `db`: the distributed
+- `publish`, `unpublish`, `storages`, `status`, `requeue`, `export`, `worker`, `beat`, `db`: the distributed
   service (`indexer.cli.fleet`);
 - `sample`: the sample livrable of the demo (`indexer.cli.dev`).
 """
@@ -68,7 +68,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 main.add_command(index_command.index)
-for command in (fleet.publish, fleet.storages, fleet.status, fleet.requeue, fleet.export, fleet.worker, fleet.beat,
-                fleet.db):
+for command in (fleet.publish, fleet.unpublish, fleet.storages, fleet.status, fleet.requeue, fleet.export,
+                fleet.worker, fleet.beat, fleet.db):
     main.add_command(command)
 main.add_command(dev.sample)

@@ -1,4 +1,4 @@
-"""The distributed service's commands: publish, storages, status, requeue, export, worker, beat, db.
+"""The distributed service's commands: publish, unpublish, storages, status, requeue, export, worker, beat, db.
 
 They read and queue through the state store, and send messages with `tasks` (imported inside the
 commands: the core runs without Celery or a broker).
@@ -16,6 +16,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from indexer import secrets
 from indexer.cli.options import db_option, open_store, writable_folder
 from indexer.errors import ScanRunning
 from indexer.models import Trigger
@@ -43,7 +44,8 @@ def publish(projet_location: str, livrable_name: str | None, full: bool,
 
     settings = get_settings()
     projet = load_projet(projet_location, settings.timeout_s, settings.projet_token(projet_location))
-    queued = queueing.publish(open_store(db_url), projet, livrable_name, tasks.jobs.storage_url, full)
+    queued = queueing.publish(open_store(db_url), projet, livrable_name, tasks.jobs.storage_url, full,
+                              settings.secret_box())
     tasks.jobs.enqueue_scans(q.scan for q in queued if q.scan is not None)
     for q in queued:
         if q.scan is not None:
@@ -53,6 +55,21 @@ def publish(projet_location: str, livrable_name: str | None, full: bool,
         else:
             click.echo(f"pcrs-indexer: {q.refused}", err=True)
     click.echo(json.dumps(queueing.publish_summary(queued), ensure_ascii=False))
+
+
+@click.command()
+@click.argument("projet_id", metavar="PROJET_ID")
+@click.argument("nom", metavar="LIVRABLE")
+@db_option
+def unpublish(projet_id: str, nom: str, db_url: str | None) -> None:
+    """Remove the livrable LIVRABLE (its nom) of the projet PROJET_ID (its _id) from the export.
+
+    The same as sending the task ``pcrs.unpublish``. Its storage, records and outputs folder stay.
+    """
+    storage = queueing.unpublish(open_store(db_url), projet_id, nom)
+    click.echo(f"livrable {nom!r} of projet {projet_id!r} unpublished (storage {storage})", err=True)
+    click.echo(json.dumps({"unpublished": {"projet": projet_id, "livrable": nom, "storage": storage}},
+                          ensure_ascii=False))
 
 
 @click.command()
@@ -194,3 +211,9 @@ def upgrade(db_url: str | None) -> None:
     migrate(engine)
     revision = schema_revision(engine)
     click.echo(f"state store at revision {revision}", err=True)
+
+
+@db.command("new-key")
+def new_key() -> None:
+    """Print a new key for PCRS_INDEXER_SECRET_KEY (Fernet), which encrypts storage credentials in the store."""
+    click.echo(secrets.new_key())

@@ -16,7 +16,9 @@ from sqlalchemy import Engine
 
 from indexer.errors import ConfigError, IndexerError, LivrableNotFound, ScanRunning
 from indexer.models import Trigger
-from indexer.projet import Livrable, Projet, livrable_source
+from indexer.projet import Livrable, Projet, livrable_source, projet_key, published_document
+from indexer.secrets import SecretBox
+from indexer.storages.access import mask_url
 from indexer.store import catalog, queries, scans
 from indexer.store.engine import now
 
@@ -57,7 +59,7 @@ def queue_scan(engine: Engine, storage: int, trigger: str, full: bool = False) -
 
 
 def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_url: Callable[[str], str],
-            full: bool = False) -> list[Queued]:
+            full: bool = False, box: SecretBox | None = None) -> list[Queued]:
     """Record the livrables of a projet that have dalles to scan, and queue a scan of each.
 
     Args:
@@ -67,6 +69,8 @@ def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_u
         storage_url: the identity (masked root URL) of the storage at a source URL, as
             `indexer.storages.open_storage(source).url` gives it.
         full: read every dalle again instead of reusing unchanged ones.
+        box: seals the credentials of a stockage that has some; without a key such a livrable
+            refuses the projet.
 
     All or nothing: every livrable is checked before anything is recorded, and one whose
     stockage makes no storage URL refuses the whole projet (`ConfigError`, one line giving each
@@ -79,12 +83,12 @@ def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_u
         raise LivrableNotFound(f"livrable {livrable_name!r} not found in projet {projet.nom or projet.id!r}")
     skipped = [Queued(None, None, None, liv.nom, skipped=why) for liv in chosen
                if (why := liv.unscannable()) is not None]
-    planned = _plan(projet, [liv for liv in chosen if liv.unscannable() is None], storage_url)
-    document = projet.model_dump(mode="json")
+    key = projet_key(projet)
+    planned = _plan(projet, [liv for liv in chosen if liv.unscannable() is None], storage_url, box or SecretBox(None))
     queued = []
-    for livrable, source, url in planned:
-        storage = catalog.storage_id(engine, url)
-        catalog.save_livrable(engine, storage, source, livrable.nom, projet.id, document)
+    for livrable, url, source, sealed in planned:
+        storage = catalog.publish_livrable(engine, url, source, sealed, key, livrable.nom,
+                                           published_document(projet, livrable))
         scan = scans.claim_scan(engine, storage, Trigger.PUBLISH, full)
         queued.append(Queued(storage, url, scan, livrable.nom))
         log.info("livrable published", extra={"storage": url, "livrable": livrable.nom, "scan": scan})
@@ -101,15 +105,18 @@ def publish_summary(queued: list[Queued]) -> dict[str, list[Any]]:
             "skipped": [{"livrable": q.livrable, "reason": q.skipped} for q in queued if q.skipped]}
 
 
-def _plan(projet: Projet, livrables: list[Livrable], storage_url: Callable[[str], str]
-          ) -> list[tuple[Livrable, str, str]]:
-    """(livrable, source URL, storage identity) of each livrable; `ConfigError` if any makes no storage."""
+def _plan(projet: Projet, livrables: list[Livrable], storage_url: Callable[[str], str], box: SecretBox
+          ) -> list[tuple[Livrable, str, str | None, str | None]]:
+    """(livrable, storage identity, source URL, sealed source URL) of each livrable, the source clear when it
+    has no credential, else sealed; `ConfigError` if any makes no storage, or has credentials and no key."""
     planned, refused = [], []
     for livrable in livrables:
         prefix = f"livrable {livrable.nom!r}: "
         try:
             source = livrable_source(livrable)
-            planned.append((livrable, source, storage_url(source)))
+            url = storage_url(source)
+            secret = mask_url(source) != source
+            planned.append((livrable, url, None if secret else source, box.seal(source) if secret else None))
         except IndexerError as exc:
             refused.append(str(exc) if str(exc).startswith(prefix) else prefix + str(exc))
         except ValueError as exc:  # a URL the transport cannot parse
@@ -117,6 +124,15 @@ def _plan(projet: Projet, livrables: list[Livrable], storage_url: Callable[[str]
     if refused:
         raise ConfigError(f"projet {projet.nom or projet.id!r} not published, nothing queued: " + "; ".join(refused))
     return planned
+
+
+def unpublish(engine: Engine, projet_id: str, nom: str) -> int:
+    """Remove a livrable from the export; returns its storage's id. Raises `LivrableNotFound`."""
+    storage = catalog.unpublish(engine, projet_id, nom)
+    if storage is None:
+        raise LivrableNotFound(f"livrable {nom!r} of projet {projet_id!r} is not published")
+    log.info("livrable unpublished", extra={"projet": projet_id, "livrable": nom, "storage": storage})
+    return storage
 
 
 def queue_due(engine: Engine, every_s: float, limit: int, at: datetime | None = None) -> list[Queued]:

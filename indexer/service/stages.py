@@ -192,27 +192,33 @@ def finalize_scan(engine: Engine, storage: Storage, target: ScanTarget, output_d
         reused_paths=frozenset(r.path for r in kept if r.path not in read),
         duration_s=(now() - started).total_seconds(),
     )
-    projet, livrable = _livrable(engine, target.storage)
+    published = _livrables(engine, target.storage)
+    primary = next((p for p in published if p[2] is not None and p[2].stockage_public is False),
+                   published[0] if published else (None, None, None))
     out = output_dir / str(target.storage)
-    publication = publish_outputs(out, result, projet, livrable, today)
+    others = [p for p in published if p[0] != primary[0]]
+    publication = publish_outputs(out, result, primary[1], primary[2], today,
+                                  others=[(projet, livrable) for _, projet, livrable in others])
     result = publication.result
+    features = dict(zip([key for key, *_ in others], publication.others, strict=True))
+    if primary[0] is not None:
+        features[primary[0]] = publication.feature
     counts = {"read": row.to_read or 0, "reused": row.reused, "skipped": len(result.problems),
               "duration_s": round(result.duration_s, 3)}
-    if not scans.commit_scan(engine, target.storage, target.scan, publication.feature, counts):
+    if not scans.commit_scan(engine, target.storage, target.scan, features, counts):
         return None
     log.info("scan published", extra={"storage": storage.url, "scan": target.scan, "dalles": len(result.dalles),
                                       "skipped": len(result.problems), "reused": result.reused})
     return Published(target.scan, target.storage, len(result.dalles), len(result.problems), result.reused, out)
 
 
-def _livrable(engine: Engine, storage: int) -> tuple[Projet | None, Livrable | None]:
-    """The projet and livrable published for a storage, (None, None) for one never published."""
-    row = catalog.livrable_of(engine, storage)
-    if row is None:
-        return None, None
-    projet = Projet.model_validate(row.projet)
-    livrable = next((liv for liv in projet.livrables if liv.nom == row.nom), None)
-    return projet, livrable
+def _livrables(engine: Engine, storage: int) -> list[tuple[int, Projet, Livrable | None]]:
+    """(id, projet, livrable) of each livrable published on a storage, the latest published first."""
+    found = []
+    for row in catalog.livrables_of(engine, storage):
+        projet = Projet.model_validate(row.projet)
+        found.append((row.id, projet, next((liv for liv in projet.livrables if liv.nom == row.nom), None)))
+    return found
 
 
 def fail_scan(engine: Engine, scan: int, error: str) -> bool:

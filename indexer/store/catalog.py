@@ -1,10 +1,10 @@
-"""The storages of the store and the livrables published on them: identities and documents."""
+"""The storages of the store and the livrables published on them: identities, documents, sealed credentials."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine, Row, select
+from sqlalchemy import Engine, Row, case, delete, select, update
 
 from indexer.models import StorageStatus
 from indexer.store.engine import now, upsert
@@ -29,16 +29,42 @@ def storage_url(engine: Engine, storage: int) -> str:
         return str(conn.execute(select(storages.c.url).where(storages.c.id == storage)).scalar_one())
 
 
-def save_livrable(engine: Engine, storage: int, source: str, nom: str, projet_id: str | None,
-                  projet: dict[str, Any]) -> None:
-    """Record which livrable, of which projet, a storage holds; the latest publication wins."""
-    values = {"source": source, "nom": nom, "projet_id": projet_id, "projet": projet, "published_at": now()}
+def publish_livrable(engine: Engine, url: str, source: str | None, sealed: str | None, projet_id: str, nom: str,
+                     document: dict[str, Any]) -> int:
+    """Record a livrable of a projet on the storage at `url` (created on first sight); returns the storage's id.
+
+    The URL workers open is `source` when it has no credential, else `sealed`, encrypted. The
+    latest publication wins: of the storage's source, and of the livrable's storage and
+    document. Several livrables may share a storage; a livrable published at a new storage
+    leaves the old one, and its feature is dropped until its new storage's next successful scan.
+    """
+    storage = storage_id(engine, url)
+    values = {"storage_id": storage, "projet": document, "published_at": now()}
     with engine.begin() as conn:
-        conn.execute(upsert(conn, livrables).values(storage_id=storage, **values)
-                     .on_conflict_do_update(index_elements=["storage_id"], set_=values))
+        conn.execute(update(storages).where(storages.c.id == storage).values(source=source, secret=sealed))
+        conn.execute(upsert(conn, livrables).values(projet_id=projet_id, nom=nom, **values).on_conflict_do_update(
+            index_elements=["projet_id", "nom"],
+            set_={**values, "feature": case((livrables.c.storage_id == storage, livrables.c.feature), else_=None)}))
+    return storage
 
 
-def livrable_of(engine: Engine, storage: int) -> Row[Any] | None:
-    """The livrable published for a storage (source, nom, projet document), if any."""
+def unpublish(engine: Engine, projet_id: str, nom: str) -> int | None:
+    """Remove a livrable from the store's publications; returns its storage's id, None when it was not published.
+
+    The storage, its records and its scans stay: another livrable may share it, and publishing
+    the livrable again reuses them.
+    """
+    with engine.begin() as conn:
+        storage = conn.execute(select(livrables.c.storage_id).where(
+            livrables.c.projet_id == projet_id, livrables.c.nom == nom)).scalar()
+        if storage is not None:
+            conn.execute(delete(livrables).where(livrables.c.projet_id == projet_id, livrables.c.nom == nom))
+    return None if storage is None else int(storage)
+
+
+def livrables_of(engine: Engine, storage: int) -> list[Row[Any]]:
+    """The livrables published on a storage (id, nom, projet document), the latest published first."""
     with engine.connect() as conn:
-        return conn.execute(select(livrables).where(livrables.c.storage_id == storage)).first()
+        return list(conn.execute(select(livrables.c.id, livrables.c.nom, livrables.c.projet)
+                                 .where(livrables.c.storage_id == storage)
+                                 .order_by(livrables.c.published_at.desc(), livrables.c.id.desc())))

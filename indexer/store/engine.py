@@ -18,8 +18,13 @@ from indexer.errors import ConfigError
 from indexer.store.schema import metadata
 
 MIGRATION_LOCK = 0x50435253  # "PCRS"
-ADOPTABLE = (("0002", "livrables"), ("0001", "storages"))
-"""Revisions a store created without Alembic is at, newest first, by a table the revision created."""
+ADOPTABLE: tuple[tuple[str, tuple[tuple[str, str | None], ...]], ...] = (
+    ("0003", (("livrables", "id"), ("storages", "secret"))),
+    ("0002", (("livrables", None),)),
+    ("0001", (("storages", None),)),
+)
+"""Revisions a store created without Alembic is at, newest first, by the tables (and columns) the revision made."""
+HEAD = ADOPTABLE[0][0]
 
 
 def now() -> datetime:
@@ -54,11 +59,17 @@ def create_store(url: str) -> Engine:
             raise ConfigError(f"cannot create the state store's folder {folder}: "
                               f"{(exc.strerror or str(exc)).lower()}") from exc
     engine = create_engine(url, future=True, pool_pre_ping=not parsed.drivername.startswith("sqlite"))
-    if parsed.drivername.startswith("sqlite"):
-        event.listen(engine, "connect", _sqlite_pragmas)
-        metadata.create_all(engine)
-    else:
-        migrate(engine)
+    try:
+        if parsed.drivername.startswith("sqlite"):
+            event.listen(engine, "connect", _sqlite_pragmas)
+            metadata.create_all(engine)
+            if _revision(engine) != HEAD:  # a store of an earlier version: bring its tables up to date
+                migrate(engine)
+        else:
+            migrate(engine)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
@@ -79,12 +90,35 @@ def migrate(engine: Engine) -> None:
         if conn.dialect.name == "postgresql":
             conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK)))
         config.attributes["connection"] = conn
-        tables = set(inspect(conn).get_table_names())
-        if "alembic_version" not in tables:
-            adopted = next((revision for revision, table in ADOPTABLE if table in tables), None)
+        if "alembic_version" not in inspect(conn).get_table_names():
+            adopted = _adoptable(conn)
             if adopted is not None:
                 command.stamp(config, adopted)
         command.upgrade(config, "head")
+
+
+def _adoptable(conn: Connection) -> str | None:
+    """The latest revision whose tables (and columns) a store made without Alembic has."""
+    from sqlalchemy import inspect
+
+    found = inspect(conn)
+    tables = set(found.get_table_names())
+
+    def has(table: str, column: str | None) -> bool:
+        return table in tables and (column is None or column in {c["name"] for c in found.get_columns(table)})
+
+    return next((revision for revision, marks in ADOPTABLE if all(has(*mark) for mark in marks)), None)
+
+
+def _revision(engine: Engine) -> str | None:
+    """The revision a store is at: Alembic's, else the one its tables show."""
+    from sqlalchemy import inspect
+
+    with engine.connect() as conn:
+        if "alembic_version" in inspect(conn).get_table_names():
+            revision = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            return None if revision is None else str(revision)
+        return _adoptable(conn)
 
 
 def schema_revision(engine: Engine) -> str | None:

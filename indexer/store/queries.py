@@ -14,6 +14,7 @@ from sqlalchemy import Engine, Row, desc, exists, func, or_, select
 
 from indexer.errors import StorageNotFound
 from indexer.models import ACTIVE_SCANS, StorageStatus
+from indexer.secrets import SecretBox
 from indexer.store.engine import aware
 from indexer.store.schema import livrables, scan_chunks, scan_jobs, scans, storages
 
@@ -33,24 +34,31 @@ class ScanTarget:
     storage: int
     url: str
     """The storage's masked URL, its identity."""
-    source: str | None
-    """The URL to open, credentials included: the published one, else the storage's URL."""
+    clear: str | None
+    """The URL to open when it has no credential."""
+    sealed: str | None
+    """The URL to open when it has credentials, encrypted."""
     full: bool
+
+    def source(self, box: SecretBox) -> str | None:
+        """The URL to open, credentials included (opened with `box`): the published one, else the storage's
+        URL when it masks nothing; None when it is not known."""
+        if self.sealed is not None:
+            return box.open(self.sealed)
+        return self.clear or (self.url if "***" not in self.url else None)
 
 
 def scan_target(engine: Engine, scan: int) -> ScanTarget | None:
     """The storage a scan reads, None for an unknown scan."""
     with engine.connect() as conn:
         row = conn.execute(
-            select(scans.c.storage_id, storages.c.url, livrables.c.source, scan_jobs.c.full)
+            select(scans.c.storage_id, storages.c.url, storages.c.source, storages.c.secret, scan_jobs.c.full)
             .select_from(scans.join(storages, storages.c.id == scans.c.storage_id)
-                         .outerjoin(livrables, livrables.c.storage_id == scans.c.storage_id)
                          .outerjoin(scan_jobs, scan_jobs.c.scan_id == scans.c.id))
             .where(scans.c.id == scan)).first()
     if row is None:
         return None
-    source = row.source or (row.url if "***" not in row.url else None)
-    return ScanTarget(scan, row.storage_id, row.url, source, bool(row.full))
+    return ScanTarget(scan, row.storage_id, row.url, row.source, row.secret, bool(row.full))
 
 
 def pending_chunks(engine: Engine, scan: int) -> list[int]:
@@ -77,9 +85,9 @@ def due_storages(engine: Engine, before: datetime, limit: int) -> list[int]:
     with engine.connect() as conn:
         return list(conn.execute(
             select(storages.c.id)
-            .join(livrables, livrables.c.storage_id == storages.c.id)
             .outerjoin(last, last.c.storage_id == storages.c.id)
-            .where(or_(last.c.last.is_(None), last.c.last < before), ~busy)
+            .where(or_(last.c.last.is_(None), last.c.last < before), ~busy,
+                   exists().where(livrables.c.storage_id == storages.c.id))
             .order_by(last.c.last.asc().nulls_first(), storages.c.id).limit(limit)).scalars())
 
 
@@ -94,26 +102,37 @@ class StorageRow:
     dalles: int
     skipped: int
     last_error: str | None
-    livrable: str | None
+    livrables: tuple[str, ...]
+    """The noms of the livrables published on it, by nom."""
+
+    @property
+    def livrable(self) -> str | None:
+        """Its livrables' noms in one string, None when none is published on it."""
+        return ", ".join(self.livrables) or None
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready values."""
         return {"id": self.id, "url": self.url, "status": self.status,
                 "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
                 "dalles": self.dalles, "skipped": self.skipped, "last_error": self.last_error,
-                "livrable": self.livrable}
+                "livrable": self.livrable, "livrables": list(self.livrables)}
 
 
 def storage_rows(engine: Engine, failed_only: bool = False) -> list[StorageRow]:
-    """Every storage of the store, by id (only the failed ones with `failed_only`)."""
+    """Every storage of the store, by id (only the failed ones with `failed_only`). Needs no secret key."""
     s = storages
-    query = (select(s, livrables.c.nom).select_from(
-        s.outerjoin(livrables, livrables.c.storage_id == s.c.id)).order_by(s.c.id))
+    query = select(s.c.id, s.c.url, s.c.status, s.c.last_success_at, s.c.dalles, s.c.skipped,
+                   s.c.last_error).order_by(s.c.id)
     if failed_only:
         query = query.where(s.c.status == StorageStatus.FAILED)
     with engine.connect() as conn:
-        return [StorageRow(r.id, r.url, r.status, aware(r.last_success_at), r.dalles, r.skipped,
-                           r.last_error, r.nom) for r in conn.execute(query)]
+        rows = list(conn.execute(query))
+        noms: dict[int, list[str]] = {}
+        for storage, nom in conn.execute(select(livrables.c.storage_id, livrables.c.nom)
+                                         .order_by(livrables.c.nom, livrables.c.id)):
+            noms.setdefault(storage, []).append(nom)
+    return [StorageRow(r.id, r.url, r.status, aware(r.last_success_at), r.dalles, r.skipped, r.last_error,
+                       tuple(noms.get(r.id, ()))) for r in rows]
 
 
 def resolve_storage(engine: Engine, ref: str) -> int:
@@ -191,9 +210,10 @@ def progress(engine: Engine, storage: int) -> Progress:
 
 
 def published(engine: Engine) -> list[tuple[int, dict[str, Any], str, dict[str, Any]]]:
-    """(storage id, projet document, livrable nom, feature) of each livrable published, by storage id."""
+    """(storage id, projet document, livrable nom, feature) of each livrable published and scanned,
+    by storage id, then in the order they were first published."""
     lv = livrables
     with engine.connect() as conn:
         return [(r.storage_id, r.projet, r.nom, r.feature) for r in conn.execute(
             select(lv.c.storage_id, lv.c.projet, lv.c.nom, lv.c.feature)
-            .where(lv.c.feature.is_not(None)).order_by(lv.c.storage_id))]
+            .where(lv.c.feature.is_not(None)).order_by(lv.c.storage_id, lv.c.id))]

@@ -12,7 +12,7 @@ State changes of a storage take its row lock first (a write lock on SQLite), the
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence, Set
+from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -251,12 +251,12 @@ def replace_results(engine: Engine, storage: int, scan: int, results: Sequence[R
         return True
 
 
-def commit_scan(engine: Engine, storage: int, scan: int, feature: dict[str, Any] | None,
+def commit_scan(engine: Engine, storage: int, scan: int, features: Mapping[int, dict[str, Any]],
                 counts: dict[str, Any]) -> bool:
     """End an aggregated scan as succeeded, exactly once: its records replace the storage's.
 
     One transaction drops the records the scan did not reuse, inserts those it read, keeps the
-    livrable's feature and counts, and forgets the scan's work tables. Returns False, changing
+    livrables' features and counts, and forgets the scan's work tables. Returns False, changing
     nothing, when the scan is no longer aggregating (another worker committed it).
     """
     with engine.begin() as conn:
@@ -272,8 +272,9 @@ def commit_scan(engine: Engine, storage: int, scan: int, feature: dict[str, Any]
             [*columns, "scan_id"],
             select(*(scan_results.c[c] for c in columns), literal(scan)).where(
                 scan_results.c.storage_id == storage, scan_results.c.scan_id == scan)))
-        if feature is not None:
-            conn.execute(update(livrables).where(livrables.c.storage_id == storage).values(feature=feature))
+        for livrable, feature in features.items():  # by livrable id: those published on the storage
+            conn.execute(update(livrables).where(livrables.c.id == livrable, livrables.c.storage_id == storage)
+                         .values(feature=feature))
         totals = conn.execute(select(
             func.count().filter(records.c.status == VALID), func.count().filter(records.c.status != VALID))
             .where(records.c.storage_id == storage)).one()

@@ -54,6 +54,8 @@ storages = Table(
     Column("last_error", Text),
     Column("dalles", Integer, nullable=False, default=0),
     Column("skipped", Integer, nullable=False, default=0),
+    Column("source", Text, comment="the URL workers open, when it has no credential"),
+    Column("secret", Text, comment="the URL workers open, when it has credentials: encrypted (Fernet)"),
 )
 
 scans = Table(
@@ -92,13 +94,16 @@ records = Table(
 
 livrables = Table(
     "livrables", metadata,
-    Column("storage_id", ForeignKey("storages.id", ondelete="CASCADE"), primary_key=True),
-    Column("source", Text, nullable=False, comment="the URL workers open, credentials included"),
+    Column("id", Integer, primary_key=True),
+    Column("storage_id", ForeignKey("storages.id", ondelete="CASCADE"), nullable=False, index=True,
+           comment="where it is stored; several livrables may share a storage"),
+    Column("projet_id", Text, nullable=False, comment="its projet's _id (its nom when it has none)"),
     Column("nom", Text, nullable=False),
-    Column("projet_id", Text),
-    Column("projet", JSON, nullable=False, comment="the projet document the livrable belongs to"),
+    Column("projet", JSON, nullable=False,
+           comment="the projet document with this livrable only, without stockage_params: what outputs show"),
     Column("published_at", DateTime(timezone=True), nullable=False),
-    Column("feature", JSON, comment="its livrables.geojson feature, as of its last successful scan"),
+    Column("feature", JSON, comment="its livrables.geojson feature, as of its storage's last successful scan"),
+    UniqueConstraint("projet_id", "nom", name="uq_livrables_projet_nom"),
 )
 
 scan_jobs = Table(

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from indexer.errors import ConfigError
 from indexer.projet import load_projet
+from indexer.secrets import SecretBox, new_key
 from indexer.service import queueing
 from indexer.settings import Settings
 from tests.unit.test_publication import document, ftp, storage_url
@@ -74,7 +75,7 @@ def test_the_token_brings_the_private_stockage_params(site: Site, engine: Engine
     settings = Settings(projet_api_url=site.url, projet_api_token=TOKEN)
     projet = load_projet(url, 10, settings.projet_token(url))
     assert site.authorizations == [f"Token {TOKEN}"]
-    queued = queueing.publish(engine, projet, None, storage_url)
+    queued = queueing.publish(engine, projet, None, storage_url, box=SecretBox(new_key()))
     assert [(q.livrable, q.url) for q in queued] == [("Public", "ftp://ftp.example.fr/ortho"),
                                                       ("Privé", "ftp://ortho:***@ftp.example.fr/ortho")]
 

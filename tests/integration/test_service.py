@@ -362,8 +362,8 @@ def test_beat_requeues_due_storages_and_stalled_scans(service: Service, engine: 
     # A scan claimed in the store whose message was lost (sent to a broker that forgot it).
     other = tmp_path / "other"
     write_dalle(other / "a.tif", (700000.0, 6600200.0), pixels=16, resolution_m=12.5)
-    lost_storage = catalog.storage_id(engine, other.as_uri())
-    catalog.save_livrable(engine, lost_storage, str(other), "Autre", None, {"livrables": [{"nom": "Autre"}]})
+    lost_storage = catalog.publish_livrable(engine, other.as_uri(), str(other), None, "p-autre", "Autre",
+                                            {"livrables": [{"nom": "Autre"}]})
     lost = queueing.queue_scan(engine, lost_storage, "requeue")
     # A scan of `pcrs-indexer index` that died: no worker can resume it.
     cli_storage = catalog.storage_id(engine, "file:///nowhere")

@@ -35,7 +35,7 @@ from indexer.storages.local import LocalStorage
 from indexer.store import catalog, queries, schema
 from indexer.store import records as store_records
 from indexer.store import scans as store_scans
-from indexer.store.engine import create_store, migrate
+from indexer.store.engine import HEAD, create_store, migrate
 from tasks.limiter import HostLimiter, LimitedStorage, limited
 from tests.servers.service_fixtures import (  # noqa: F401 - fixtures
     PostgresServer,
@@ -79,17 +79,17 @@ def storage_url(source: str) -> str:
         return storage.url
 
 
-def publish(engine: Engine, root: Path) -> queries.ScanTarget:
-    (queued,) = queueing.publish(engine, projet(str(root)), None, storage_url)
+def publish(engine: Engine, root: Path, nom: str = "Ortho 2025") -> queries.ScanTarget:
+    (queued,) = queueing.publish(engine, projet(str(root), nom=nom), None, storage_url)
     assert queued.scan is not None
     target = queries.scan_target(engine, queued.scan)
     assert target is not None
     return target
 
 
-def run_scan(engine: Engine, root: Path, out: Path, chunk_size: int = 5) -> stages.Published:
+def run_scan(engine: Engine, root: Path, out: Path, chunk_size: int = 5, nom: str = "Ortho 2025") -> stages.Published:
     """Every stage of a scan in turn, as workers would run them."""
-    target = publish(engine, root)
+    target = publish(engine, root, nom)
     storage = LocalStorage(root)
     plan = stages.list_scan(engine, storage, target, chunk_size)
     assert plan is not None
@@ -277,7 +277,7 @@ def test_stalled_scans_are_claimed_once_with_what_they_need(store: Engine, livra
 def test_due_storages_longest_waiting_first(store: Engine, livrable_copy: Path, tmp_path: Path) -> None:
     for name in ("a", "b", "c"):
         shutil.copytree(livrable_copy, tmp_path / name)
-        run_scan(store, tmp_path / name, tmp_path / "out")
+        run_scan(store, tmp_path / name, tmp_path / "out", nom=f"Ortho {name}")
     catalog.storage_id(store, "file:///never-published")
     later = datetime.now(UTC) + timedelta(days=8)
     assert queueing.queue_due(store, 7 * 86400, 10) == []
@@ -310,7 +310,7 @@ def test_migrations_build_the_schema_of_the_code(postgres_server: PostgresServer
         schema.metadata.create_all(created)
         assert described_schema(migrated[0]) == described_schema(created)
         with migrated[0].connect() as conn:
-            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == HEAD
         # A PostgreSQL store `pcrs-indexer index` created before the service: stamped 0001, then upgraded.
         schema.metadata.create_all(migrated[1], tables=[schema.storages, schema.scans, schema.crs_table,
                                                        schema.records])
@@ -320,7 +320,7 @@ def test_migrations_build_the_schema_of_the_code(postgres_server: PostgresServer
         schema.metadata.create_all(old, tables=[schema.storages, schema.scans, schema.crs_table, schema.records])
         result = CliRunner().invoke(main, ["db", "upgrade", "--db", f"sqlite:///{tmp_path / 'old.sqlite'}"])
         assert result.exit_code == 0, result.output
-        assert result.stderr == "state store at revision 0002\n"
+        assert result.stderr == f"state store at revision {HEAD}\n"
         assert set(described_schema(old)) == {t.name for t in schema.metadata.sorted_tables}
     finally:
         for engine in (*migrated, created, old):
