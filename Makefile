@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 DEMO ?= demo-data
 BENCH_ARGS ?=
 
-.PHONY: demo test test-fast venv servers lint bench clean
+.PHONY: demo test test-fast venv servers lint bench lock clean
 
 ## Set up, generate the sample livrable, index it and print where the outputs are.
 demo: venv
@@ -40,6 +40,18 @@ lint: venv
 ## The speed benchmark (tests/benchmarks): make bench BENCH_ARGS="--sizes 1000 --concurrency 64"
 bench: venv
 	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
+
+## Pin the image's dependencies: docker/requirements.lock, `pip freeze` of a clean venv with the package.
+LOCK_VENV ?= /tmp/pcrs-indexer-lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet .
+	{ echo "# The image's dependencies, pinned: \`pip freeze\` of a clean Python 3.11 venv with the package installed."; \
+	  echo "# Made by \`make lock\`; the image installs exactly these, then the package without resolving again."; \
+	  $(LOCK_VENV)/bin/pip freeze --exclude pcrs-indexer; } > docker/requirements.lock
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) $(DEMO)
