@@ -78,6 +78,10 @@ def unpublish(projet_id: str, nom: str, db_url: str | None) -> None:
 def storages(as_json: bool, db_url: str | None) -> None:
     """List the storages: id, URL (without credentials), status, last success, dalles, skipped, last error."""
     rows = queries.storage_rows(open_store(db_url))
+    sealed = [str(r.id) for r in rows if r.sealed]
+    if sealed and not get_settings().secret_box().ready:
+        click.echo(f"pcrs-indexer: storage{'s' if len(sealed) > 1 else ''} {', '.join(sealed)}: credentials kept "
+                   "encrypted: a scan needs PCRS_INDEXER_SECRET_KEY", err=True)
     if as_json:
         for row in rows:
             click.echo(json.dumps(row.as_json(), ensure_ascii=False))

@@ -104,6 +104,8 @@ class StorageRow:
     last_error: str | None
     livrables: tuple[str, ...]
     """The noms of the livrables published on it, by nom."""
+    sealed: bool = False
+    """Whether its credentials are stored (encrypted): a scan needs the secret key."""
 
     @property
     def livrable(self) -> str | None:
@@ -115,14 +117,14 @@ class StorageRow:
         return {"id": self.id, "url": self.url, "status": self.status,
                 "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
                 "dalles": self.dalles, "skipped": self.skipped, "last_error": self.last_error,
-                "livrable": self.livrable, "livrables": list(self.livrables)}
+                "livrable": self.livrable, "livrables": list(self.livrables), "credentials": self.sealed}
 
 
 def storage_rows(engine: Engine, failed_only: bool = False) -> list[StorageRow]:
     """Every storage of the store, by id (only the failed ones with `failed_only`). Needs no secret key."""
     s = storages
     query = select(s.c.id, s.c.url, s.c.status, s.c.last_success_at, s.c.dalles, s.c.skipped,
-                   s.c.last_error).order_by(s.c.id)
+                   s.c.last_error, s.c.secret.is_not(None).label("sealed")).order_by(s.c.id)
     if failed_only:
         query = query.where(s.c.status == StorageStatus.FAILED)
     with engine.connect() as conn:
@@ -132,7 +134,7 @@ def storage_rows(engine: Engine, failed_only: bool = False) -> list[StorageRow]:
                                          .order_by(livrables.c.nom, livrables.c.id)):
             noms.setdefault(storage, []).append(nom)
     return [StorageRow(r.id, r.url, r.status, aware(r.last_success_at), r.dalles, r.skipped, r.last_error,
-                       tuple(noms.get(r.id, ()))) for r in rows]
+                       tuple(noms.get(r.id, ())), bool(r.sealed)) for r in rows]
 
 
 def resolve_storage(engine: Engine, ref: str) -> int:

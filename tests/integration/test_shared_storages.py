@@ -151,7 +151,7 @@ def ftp_projet() -> Projet:
     return Projet.from_document(doc)
 
 
-def test_credentials_are_stored_only_encrypted(store: Engine) -> None:
+def test_credentials_are_stored_only_encrypted(store: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     queued = queueing.publish(store, ftp_projet(), "Ortho 2025", storage_url, box=SecretBox(KEY))
     assert [(q.url, q.scan) for q in queued] == [("ftp://ortho:***@ftp.example.fr/pcrs", 1)]
     text = store_text(store)
@@ -160,8 +160,17 @@ def test_credentials_are_stored_only_encrypted(store: Engine) -> None:
     target = queries.scan_target(store, 1)
     assert target is not None and target.clear is None and target.sealed is not None
     assert target.source(SecretBox(KEY)) == f"ftp://ortho:{PASSWORD}@ftp.example.fr/pcrs"
-    # A store without the key still lists its storages; a scan says the key is needed.
-    assert [(r.id, r.url) for r in queries.storage_rows(store)] == [(1, "ftp://ortho:***@ftp.example.fr/pcrs")]
+    # A store without the key still lists its storages, saying a scan needs the key.
+    assert [(r.id, r.url, r.sealed) for r in queries.storage_rows(store)] == [
+        (1, "ftp://ortho:***@ftp.example.fr/pcrs", True)]
+    monkeypatch.delenv("PCRS_INDEXER_SECRET_KEY", raising=False)
+    get_settings.cache_clear()
+    listed = CliRunner().invoke(main, ["storages", "--json", "--db", store.url.render_as_string(hide_password=False)])
+    get_settings.cache_clear()
+    assert listed.exit_code == 0, listed.output
+    assert listed.stderr == ("pcrs-indexer: storage 1: credentials kept encrypted: a scan needs "
+                             "PCRS_INDEXER_SECRET_KEY\n")
+    assert json.loads(listed.stdout)["credentials"] is True
     with pytest.raises(ConfigError, match="^PCRS_INDEXER_SECRET_KEY is not set"):
         target.source(SecretBox(None))
     with pytest.raises(ConfigError, match="do not open with PCRS_INDEXER_SECRET_KEY"):

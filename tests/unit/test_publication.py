@@ -127,3 +127,18 @@ def test_a_private_livrable_without_its_params_says_how_to_get_them(engine: Engi
                                           r"\(PCRS_INDEXER_PROJET_API_TOKEN\)"):
         queueing.publish(engine, Projet.from_document(doc), None, storage_url)
     assert counts(engine) == (0, 0, 0)
+
+
+def test_the_command_says_which_livrables_it_skipped(tmp_path: Path) -> None:
+    doc = document({**ftp("Vecteur"), "nature": "gpkg"},
+                   {**ftp("Externe"), "stockage": "http", "stockage_params": {"url_externe": "https://x.test/o"}})
+    (tmp_path / "projet.json").write_text(json.dumps(doc), encoding="utf-8")
+    result = CliRunner().invoke(main, ["publish", str(tmp_path / "projet.json"), "--db",
+                                       f"sqlite:///{tmp_path / 'state.sqlite'}"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "livrable 'Vecteur' skipped: nature 'gpkg' is vector data, not dalles",
+        "livrable 'Externe' skipped: its stockage is external (url_externe only): it cannot be scanned"]
+    assert json.loads(result.stdout) == {"queued": [], "refused": [], "skipped": [
+        {"livrable": "Vecteur", "reason": "nature 'gpkg' is vector data, not dalles"},
+        {"livrable": "Externe", "reason": "its stockage is external (url_externe only): it cannot be scanned"}]}
