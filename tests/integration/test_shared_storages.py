@@ -241,3 +241,18 @@ def test_the_upgrade_seals_the_credentials_it_finds(kind: str, request: pytest.F
     finally:
         get_settings.cache_clear()
         engine.dispose()
+
+
+def test_a_storage_shared_with_a_private_livrable_publishes_its_report_without_source(store: Engine,
+                                                                                       tmp_path: Path) -> None:
+    root = livrable_folder(tmp_path / "commun", 1)
+    queueing.publish(store, projet("p-pub", ("Public", str(root))), None, storage_url)
+    private = projet("p-priv", ("Privé", str(root)))
+    private = private.model_copy(update={"livrables": [private.livrables[0].model_copy(
+        update={"stockage_public": False})]})
+    queueing.publish(store, private, None, storage_url)
+    published = scan(store, 1, tmp_path / "outputs")
+    report = json.loads((published.out / "report.json").read_text())
+    assert (report["source"], report["indexed"]) == (None, 1)
+    assert json.loads((published.out / "livrables.geojson").read_text())["features"][0]["properties"]["nom"] == "Privé"
+    assert exported(store, tmp_path / "export")[1] == [("p-pub", "Public"), ("p-priv", "Privé")]
