@@ -274,8 +274,8 @@ class RetryPolicy:
 class ResponseTooLarge(Exception):
     """A response went past what it can legitimately need: reading stopped at the cap. Not transient."""
 
-    def __init__(self, cap: int, setting: str) -> None:
-        super().__init__(f"the response is larger than {cap} bytes (the {setting} setting): reading stopped there")
+    def __init__(self, cap: int, setting: str, unit: str = "bytes") -> None:
+        super().__init__(f"the response is larger than {cap} {unit} (the {setting} setting): reading stopped there")
         self.cap = cap
         self.setting = setting
 

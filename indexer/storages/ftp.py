@@ -25,6 +25,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
@@ -37,6 +38,7 @@ from indexer.models import FileEntry
 from indexer.storages.access import (
     AccessOptions,
     Failure,
+    ResponseTooLarge,
     RetryPolicy,
     describe_os_error,
     parse_location,
@@ -120,26 +122,67 @@ class FTPServer:
     timeout_s: float = 30.0
     addresses: AddressPolicy = field(default_factory=AddressPolicy)
     ssl_context: ssl.SSLContext | None = None
+    max_listing_bytes: int = 16 * 1024 * 1024
+    """The most bytes one folder's listing may send."""
+    max_listing_entries: int = CrawlLimits().max_listing_entries
+    """The most lines one folder's listing may send."""
 
 
 class FTPConnection:
-    """One logged-in FTP or FTPS connection (see the module's docstring for what it adds)."""
+    """One logged-in FTP or FTPS connection (see the module's docstring for what it adds).
 
-    def __init__(self, server: FTPServer) -> None:
+    Every exchange runs under a total deadline (`deadline`), logging in included: a server
+    trickling its replies a byte at a time never resets an idle timeout for long.
+    """
+
+    def __init__(self, server: FTPServer, seconds: float) -> None:
+        """Connect and log in, within `seconds` in all."""
         self.server = server
         self.use_mlsd = False
         self._binary = False
-        self._connect()
+        self._data: socket.socket | None = None
+        self._expired = False
+        self.ftp: ftplib.FTP
+        if server.tls:
+            self.ftp = _TLSSessionReuse(context=server.ssl_context or ssl.create_default_context(),
+                                        timeout=server.timeout_s, encoding="utf-8")
+        else:
+            self.ftp = ftplib.FTP(timeout=server.timeout_s, encoding="utf-8")
+        with self.deadline(seconds):
+            self._connect()
+
+    @contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """End the block's exchanges after `seconds` in all, raising `TimeoutError`.
+
+        When the time is up, the control and data sockets are shut down, which ends any read
+        blocked on them; the connection is then unusable (the pool discards it).
+        """
+        self._expired = False
+        timer = threading.Timer(max(0.0, seconds), self._expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except Exception as exc:
+            if self._expired:
+                raise TimeoutError(f"no complete answer within {seconds:g} s") from exc
+            raise
+        finally:
+            timer.cancel()
+        if self._expired:
+            raise TimeoutError(f"no complete answer within {seconds:g} s")
+
+    def _expire(self) -> None:
+        self._expired = True
+        for sock in (self.ftp.sock, self._data):
+            if sock is not None:
+                with suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def _connect(self) -> None:
         server = self.server
-        ftp: ftplib.FTP
-        if server.tls:
-            ftp = _TLSSessionReuse(context=server.ssl_context or ssl.create_default_context(),
-                                   timeout=server.timeout_s, encoding="utf-8")
-        else:
-            ftp = ftplib.FTP(timeout=server.timeout_s, encoding="utf-8")
-        self.ftp = ftp
+        ftp = self.ftp
         address = server.addresses.resolve(server.host, server.port)[0]
         try:
             ftp.connect(address, server.port)
@@ -174,21 +217,49 @@ class FTPConnection:
             raise
 
     def _list(self, path: str) -> list[Child]:
-        self._binary = False  # ftplib lists in ASCII mode (TYPE A)
         if self.use_mlsd:
             try:
-                return [child for name, facts in self.ftp.mlsd(path)
-                        if (child := mlsd_child(name, facts)) is not None]
+                return [child for line in self._lines(f"MLSD {path}")
+                        if (child := mlsd_child(*_mlsd_facts(line))) is not None]
             except ftplib.error_perm as exc:
                 if not str(exc).startswith(("500", "501", "502", "504")):
                     raise
                 self.use_mlsd = False
         # LIST's arguments are not portable (options, globbing, spaces): list the current folder.
         self.ftp.cwd(path)
-        lines: list[str] = []
-        self.ftp.retrlines("LIST", lines.append)
         now = datetime.now()
-        return [child for line in lines if (child := parse_list_line(line, now)) is not None]
+        return [child for line in self._lines("LIST") if (child := parse_list_line(line, now)) is not None]
+
+    def _lines(self, command: str) -> list[str]:
+        """The lines of a listing command's answer, read up to the server's listing caps.
+
+        Bound: at most ``max_listing_bytes`` bytes and ``max_listing_entries`` lines, each of at
+        most ftplib's ``maxline``; past them `ResponseTooLarge` is raised and the connection is
+        left to be discarded (its reply is still pending).
+        """
+        ftp = self.ftp
+        self._binary = False
+        ftp.voidcmd("TYPE A")
+        lines: list[str] = []
+        received = 0
+        conn = ftp.transfercmd(command)
+        self._data = conn
+        try:
+            with conn, conn.makefile("rb") as data:
+                while line := data.readline(ftp.maxline + 1):
+                    received += len(line)
+                    if received > self.server.max_listing_bytes or len(line) > ftp.maxline:
+                        raise ResponseTooLarge(self.server.max_listing_bytes, "max_listing_bytes")
+                    if len(lines) >= self.server.max_listing_entries:
+                        raise ResponseTooLarge(self.server.max_listing_entries, "max_entries and max_folders",
+                                               "entries")
+                    lines.append(line.decode(ftp.encoding, "replace").rstrip("\r\n"))
+                if isinstance(conn, ssl.SSLSocket):
+                    conn.unwrap()
+        finally:
+            self._data = None
+        ftp.voidresp()
+        return lines
 
     def _ensure_binary(self) -> None:
         """TYPE I once, and again only after a listing switched to ASCII: REST and SIZE need it."""
@@ -204,28 +275,30 @@ class FTPConnection:
             raise ftplib.error_perm(f"550 no size for {path}")
         return int(size)
 
-    def cat_file(self, path: str, start: int | None = None, end: int | None = None) -> bytes:
+    def cat_file(self, path: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of a file: REST when `start` > 0, then RETR aborted once they arrived.
 
-        The connection stays logged in: the data connection is closed early and the server's
-        "transfer aborted" reply is read, so the next command finds the control channel clean.
+        Bound: ``end - start`` bytes are read, whatever the server sends. The connection stays
+        logged in: the data connection is closed early and the server's "transfer aborted" reply
+        is read, so the next command finds the control channel clean.
         """
-        start = start or 0
-        wanted = None if end is None else max(0, end - start)
+        wanted = max(0, end - start)
         chunks: list[bytes] = []
         received = 0
         finished = False
         self._ensure_binary()
         conn = self.ftp.transfercmd(f"RETR {path}", rest=start or None)
+        self._data = conn
         try:
-            while wanted is None or received < wanted:
-                block = conn.recv(65536 if wanted is None else min(65536, wanted - received))
+            while received < wanted:
+                block = conn.recv(min(65536, wanted - received))
                 if not block:
                     finished = True
                     break
                 chunks.append(block)
                 received += len(block)
         finally:
+            self._data = None
             conn.close()
         try:
             self.ftp.voidresp()
@@ -242,6 +315,12 @@ class FTPConnection:
             self.ftp.close()
 
 
+def _mlsd_facts(line: str) -> tuple[str, dict[str, str]]:
+    """The name and facts of one MLSD line (``type=file;size=10; name``), as ftplib's ``mlsd`` reads them."""
+    facts, _, name = line.partition(" ")
+    return name, {key.lower(): value for key, _, value in (f.partition("=") for f in facts[:-1].split(";"))}
+
+
 class ConnectionPool:
     """At most `limit` logged-in connections, each used by one thread at a time, reused by all.
 
@@ -250,7 +329,7 @@ class ConnectionPool:
     some, the pool shrinks to what it holds instead of failing.
     """
 
-    def __init__(self, connect: Callable[[], FTPConnection], limit: int) -> None:
+    def __init__(self, connect: Callable[[float], FTPConnection], limit: int) -> None:
         self._connect = connect
         self.limit = limit
         self._idle: list[FTPConnection] = []
@@ -258,11 +337,14 @@ class ConnectionPool:
         self._cond = threading.Condition()
 
     @contextmanager
-    def connection(self) -> Iterator[FTPConnection]:
-        """A logged-in connection for the duration of the block."""
-        conn = self._acquire()
+    def connection(self, seconds: float) -> Iterator[FTPConnection]:
+        """A logged-in connection for the duration of the block, logging in and the block's
+        exchanges taking `seconds` at most in all (the wait for a free connection apart)."""
+        started = time.monotonic()
+        conn = self._acquire(seconds)
         try:
-            yield conn
+            with conn.deadline(seconds - (time.monotonic() - started)):
+                yield conn
         except BaseException as exc:
             if _broken(exc):
                 self._discard(conn)
@@ -271,7 +353,7 @@ class ConnectionPool:
             raise
         self._release(conn)
 
-    def _acquire(self) -> FTPConnection:
+    def _acquire(self, seconds: float) -> FTPConnection:
         while True:
             with self._cond:
                 while not self._idle and self._open >= self.limit:
@@ -280,7 +362,7 @@ class ConnectionPool:
                     return self._idle.pop()
                 self._open += 1
             try:
-                return self._connect()
+                return self._connect(seconds)
             except ftplib.Error as exc:
                 with self._cond:
                     self._open -= 1
@@ -329,7 +411,7 @@ class FTPStorage(Storage):
         self.url = url
         self.policy = policy
         self.limits = limits or CrawlLimits()
-        self.pool = ConnectionPool(lambda: FTPConnection(server), max_connections)
+        self.pool = ConnectionPool(lambda seconds: FTPConnection(server, seconds), max_connections)
 
     @classmethod
     def from_url(cls, url: str, options: AccessOptions) -> FTPStorage:
@@ -339,7 +421,8 @@ class FTPStorage(Storage):
         server = FTPServer(
             host=location.host, port=location.port or 21, username=location.username,
             password=location.password or "", tls=tls, timeout_s=options.retry.timeout_s,
-            addresses=options.addresses, ssl_context=options.ssl_context() if tls else None)
+            addresses=options.addresses, ssl_context=options.ssl_context() if tls else None,
+            max_listing_bytes=options.max_listing_bytes, max_listing_entries=options.crawl.max_listing_entries)
         return cls(server, unquote(location.path), location.shown, options.retry, options.ftp_max_connections,
                    options.crawl)
 
@@ -348,7 +431,7 @@ class FTPStorage(Storage):
 
     def _call(self, what: str, operation: Callable[[FTPConnection], T]) -> T:
         def attempt() -> T:
-            with self.pool.connection() as conn:
+            with self.pool.connection(self.policy.timeout_s) as conn:
                 return operation(conn)
 
         return retry_sync(self.policy, what, attempt, classify_ftp)

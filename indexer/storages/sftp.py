@@ -150,7 +150,8 @@ class SFTPStorage(Storage):
         """One folder's entries; symbolic links are not followed."""
         path = self._path(folder.rstrip("/"))
         try:
-            infos = self._call(folder or "/", lambda fs: self._sync(fs, fs._ls, path))
+            infos = self._call(folder or "/", lambda fs: self._sync(fs, fs._ls_bounded, path,
+                                                                    self.limits.max_listing_entries))
         except FileNotFoundError:
             raise NotFound(where=path) from None  # "not found" says it all
         children = []

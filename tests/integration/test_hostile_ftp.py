@@ -8,10 +8,12 @@ the wall time and the child's peak RSS (from ``wait4``), and that the earlier ou
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,29 +38,44 @@ class Run:
     stderr: str
     wall_s: float
     peak_rss_mb: float
+    failed_at: float | None
+    """Wall-clock time (``time.time()``) its first line on stderr came, None without any."""
 
 
 def run_index(source: str, out: Path, db: Path, env: dict[str, str], *extra: str, limit_s: float = 120) -> Run:
-    """Run ``pcrs-indexer index SOURCE --out OUT`` in a child process, measured with ``wait4``."""
+    """Run ``pcrs-indexer index SOURCE --out OUT`` in a child process, its peak RSS measured by ``wait4``.
+
+    A child still running after `limit_s` is killed and the test fails.
+    """
     started = time.monotonic()
-    with open(out.parent / "stdout.txt", "w+") as stdout, open(out.parent / "stderr.txt", "w+") as stderr:
-        child = subprocess.Popen([PCRS_INDEXER, *extra, "index", source, "--out", str(out), "--db",
-                                  f"sqlite:///{db}", "--quiet"], stdout=stdout, stderr=stderr, env=env)
-        deadline = started + limit_s
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() > deadline:
-                child.kill()
-                child.wait()
-                pytest.fail(f"pcrs-indexer index {source} still running after {limit_s} s")
-            time.sleep(0.05)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        wall = time.monotonic() - started
-        stdout.seek(0)
-        stderr.seek(0)
-        return Run(child.returncode, stdout.read(), stderr.read(), wall, usage.ru_maxrss / 1024)
+    child = subprocess.Popen([PCRS_INDEXER, *extra, "index", source, "--out", str(out), "--db", f"sqlite:///{db}",
+                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert child.stdout is not None and child.stderr is not None
+    output: dict[str, bytes] = {}
+    failed_at: list[float] = []
+
+    def read_stderr() -> None:
+        assert child.stderr is not None
+        first = child.stderr.read(1)
+        failed_at.extend([time.time()] if first else [])
+        output["stderr"] = first + child.stderr.read()
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    killer = threading.Timer(limit_s, child.kill)
+    killer.start()
+    output["stdout"] = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    killer.cancel()
+    reader.join()
+    wall = time.monotonic() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    child.stdout.close()
+    child.stderr.close()
+    if wall >= limit_s:
+        pytest.fail(f"pcrs-indexer index {source} still running after {limit_s} s: killed")
+    return Run(child.returncode, output["stdout"].decode(), output["stderr"].decode(), wall, usage.ru_maxrss / 1024,
+               failed_at[0] if failed_at else None)
 
 
 @pytest.fixture
@@ -137,7 +154,7 @@ def test_a_reply_repeating_the_password_is_scrubbed(verbose: list[str], hostile:
     db = tmp_path / "state.sqlite"
     run = run_index(f"ftp://pcrs:{password}@{server.host}/livrable", out, db, env, *verbose)
     assert run.code == 3
-    assert ("PASS", password) in [c[1:] for c in server.commands()]  # the server did get it, and repeated it
+    assert ("PASS", password) in [c[1:3] for c in server.commands()]  # the server did get it, and repeated it
     line = (f"pcrs-indexer: error: cannot list ftp://pcrs:***@{server.host}/livrable: FTP 530 Login incorrect: "
             "password *** refused\n")
     if verbose:
@@ -151,3 +168,103 @@ def test_a_reply_repeating_the_password_is_scrubbed(verbose: list[str], hostile:
     assert run.peak_rss_mb < BASE_RSS_MB
     assert_intact(out, files)
     print(f"530 echoing the password: {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")
+
+
+TIMEOUT_S, RETRIES = 2.0, 1
+"""The child's settings (see `env`): a livrable that cannot be listed fails within 4 s, plus a margin."""
+MARGIN_S = 1.5
+"""The backoff between attempts (0.5 s) and the failed scan recorded in the store."""
+
+
+@pytest.mark.parametrize("mode", ["trickle-banner", "trickle-list"])
+def test_a_trickling_server_fails_within_the_deadline(mode: str, hostile: list[HostileFTP], previous: tuple[
+        Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
+    server = start_ftp(hostile, tmp_path, mode, delay=0.5)  # a byte every 0.5 s: never idle for TIMEOUT_S
+    out, files = previous
+    db = tmp_path / "state.sqlite"
+    run = run_index(f"ftp://pcrs:Trickle-Pass@{server.host}/livrable", out, db, env)
+    assert run.code == 3
+    line = f"cannot list ftp://pcrs:***@{server.host}/livrable: timed out (2 attempts)"
+    assert run.stderr == f"pcrs-indexer: error: {line}\n"
+    assert last_error(db) == line
+    connects = [c for c in server.commands() if c[1] == "CONNECT" and c[0] > 1]  # session 1: the start's probe
+    assert len(connects) == RETRIES + 1  # one connection per attempt
+    assert run.failed_at is not None
+    listing_s = run.failed_at - connects[0][3]  # from the first connection to the error line
+    if mode == "trickle-list":
+        assert [c[1] for c in server.commands() if c[1] == "LIST"] == ["LIST"] * (RETRIES + 1)
+    assert TIMEOUT_S * (RETRIES + 1) <= listing_s < TIMEOUT_S * (RETRIES + 1) + MARGIN_S
+    assert run.wall_s < 60
+    assert run.peak_rss_mb < BASE_RSS_MB
+    assert_intact(out, files)
+    print(f"{mode}: {run.wall_s:.1f} s in all, {listing_s:.1f} s from the first connection to the error, "
+          f"{run.peak_rss_mb:.0f} MB")
+
+
+def test_an_endless_listing_stops_at_the_listing_cap(hostile: list[HostileFTP], previous: tuple[
+        Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
+    server = start_ftp(hostile, tmp_path, "endless-list")
+    out, files = previous
+    env["PCRS_INDEXER_TIMEOUT_S"] = "30"  # the cap ends it, not the deadline
+    db = tmp_path / "state.sqlite"
+    run = run_index(f"ftp://{server.host}/livrable", out, db, env)
+    assert run.code == 3
+    line = (f"cannot list ftp://{server.host}/livrable: the response is larger than 16777216 bytes "
+            "(the max_listing_bytes setting): reading stopped there")
+    assert run.stderr == f"pcrs-indexer: error: {line}\n"
+    assert last_error(db) == line
+    assert [c[1] for c in server.commands() if c[1] == "LIST"] == ["LIST"]  # not retried
+    assert run.wall_s < 30
+    assert run.peak_rss_mb < BASE_RSS_MB + 100
+    assert_intact(out, files)
+    print(f"endless LIST: {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")
+
+
+def test_a_listing_of_too_many_entries_stops_at_the_crawl_caps(hostile: list[HostileFTP], previous: tuple[
+        Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
+    server = start_ftp(hostile, tmp_path, "endless-list")
+    out, files = previous
+    env.update({"PCRS_INDEXER_MAX_ENTRIES": "1000", "PCRS_INDEXER_MAX_FOLDERS": "10"})
+    run = run_index(f"ftp://{server.host}/livrable", out, tmp_path / "state.sqlite", env)
+    assert (run.code, run.stderr) == (3, f"pcrs-indexer: error: cannot list ftp://{server.host}/livrable: the response "
+                                         "is larger than 1010 entries (the max_entries and max_folders setting): "
+                                         "reading stopped there\n")
+    assert run.wall_s < 30
+    assert run.peak_rss_mb < BASE_RSS_MB
+    assert_intact(out, files)
+    print(f"LIST past the entries: {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")
+
+
+def test_a_read_answered_with_more_than_asked_keeps_what_was_asked(hostile: list[HostileFTP], env: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    server = start_ftp(hostile, tmp_path, "big-retr")
+    out = tmp_path / "out"
+    run = run_index(f"ftp://{server.host}/livrable", out, tmp_path / "state.sqlite", env)
+    assert run.code == 0, run.stderr
+    report = json.loads((out / "report.json").read_text())
+    # 64 MiB sent for a file the listing says is 1,000 bytes long: 1,000 read, found to be no TIFF.
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("a.tif", "corrupt")]
+    assert [c[1] for c in server.commands() if c[1] == "RETR"] == ["RETR"]
+    assert run.wall_s < 30
+    assert run.peak_rss_mb < BASE_RSS_MB
+    print(f"RETR of 64 MiB for 1,000 bytes: {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")
+
+
+def test_a_silent_ssh_port_fails_within_the_deadline(hostile: list[HostileFTP], previous: tuple[
+        Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
+    server = start_ftp(hostile, tmp_path, "silent")
+    out, files = previous
+    db = tmp_path / "state.sqlite"
+    run = run_index(f"sftp://pcrs:Silent-Pass@{server.host}/srv/pcrs", out, db, env)
+    line = f"cannot list sftp://pcrs:***@{server.host}/srv/pcrs: timed out (2 attempts)"
+    assert (run.code, run.stderr) == (3, f"pcrs-indexer: error: {line}\n")
+    assert last_error(db) == line
+    connects = [c for c in server.commands() if c[1] == "CONNECT" and c[0] > 1]  # session 1: the start's probe
+    assert len(connects) == RETRIES + 1  # one connection per attempt
+    assert run.failed_at is not None
+    listing_s = run.failed_at - connects[0][3]  # from the first connection to the error line
+    assert TIMEOUT_S * (RETRIES + 1) <= listing_s < TIMEOUT_S * (RETRIES + 1) + MARGIN_S
+    assert run.peak_rss_mb < BASE_RSS_MB
+    assert_intact(out, files)
+    print(f"silent SSH port: {run.wall_s:.1f} s in all, {listing_s:.1f} s from the first connection to the error, "
+          f"{run.peak_rss_mb:.0f} MB")

@@ -5,6 +5,8 @@
 It speaks just enough FTP for ftplib (USER, PASS, FEAT without MLST, PWD, CWD, TYPE, PASV, LIST,
 SIZE, REST, RETR, QUIT), every folder and file made up, and misbehaves as MODE says:
 
+- ``silent``: connections are accepted and never answered, not even with a banner (an SSH client
+  waits for one as an FTP client does);
 - ``trickle-banner``: the greeting comes one byte every `--delay` seconds, without end;
 - ``trickle-list``: a LIST answer comes one byte every `--delay` seconds, without end;
 - ``endless-list``: a LIST answer of valid file lines, as fast as the client reads, without end;
@@ -13,8 +15,8 @@ SIZE, REST, RETR, QUIT), every folder and file made up, and misbehaves as MODE s
 - ``big-retr``: a folder of one ``a.tif`` announced at 1,000 bytes, whose RETR sends 64 MiB whatever
   REST and the client's early close say.
 
-Every command is logged to FILE as ``session|COMMAND|argument`` (PASS arguments included: the
-test checks the client sent them, not that the server hides them).
+Every command is logged to FILE as ``time|session|COMMAND|argument`` (PASS arguments included:
+the test checks the client sent them, not that the server hides them), a connection as CONNECT.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class Session(socketserver.StreamRequestHandler):
 
     def log(self, command: str, argument: str) -> None:
         with self.lock, open(self.log_path, "a") as log:
-            log.write(f"{self.session}|{command}|{argument}\n")
+            log.write(f"{time.time()}|{self.session}|{command}|{argument}\n")
 
     def trickle(self, out: socket.socket | None, text: bytes) -> None:
         """Send `text` again and again, one byte every `delay` seconds."""
@@ -66,6 +68,9 @@ class Session(socketserver.StreamRequestHandler):
     def handle(self) -> None:
         self.log("CONNECT", "")
         try:
+            if self.mode == "silent":
+                self.rfile.read()  # until the client gives up
+                return
             if self.mode == "trickle-banner":
                 self.trickle(None, b"220-Welcome, please wait for the end of this greeting\r\n")
             self.reply("220 hostile test server")
@@ -149,8 +154,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("port", type=int)
     parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument("--mode", required=True, choices=["trickle-banner", "trickle-list", "endless-list", "fanout",
-                                                          "echo-password", "big-retr"])
+    parser.add_argument("--mode", required=True, choices=["silent", "trickle-banner", "trickle-list", "endless-list",
+                                                          "fanout", "echo-password", "big-retr"])
     parser.add_argument("--delay", type=float, default=2.0)
     args = parser.parse_args()
     args.log.touch()

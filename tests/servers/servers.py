@@ -387,12 +387,12 @@ class HostileFTP(_Process):
                      "--delay", str(self.delay)])
         return self
 
-    def commands(self) -> list[tuple[int, str, str]]:
-        """Every command logged so far: (session, command, argument)."""
+    def commands(self) -> list[tuple[int, str, str, float]]:
+        """Every command logged so far: (session, command, argument, time.time() when it came)."""
         out = []
         for line in self.log.read_text(errors="replace").splitlines():
-            session, command, argument = line.split("|", 2)
-            out.append((int(session), command, argument))
+            when, session, command, argument = line.split("|", 3)
+            out.append((int(session), command, argument, float(when)))
         return out
 
 
