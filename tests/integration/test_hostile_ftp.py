@@ -130,7 +130,7 @@ def test_an_endless_fan_out_of_folders_stops_at_the_folder_cap(hostile: list[Hos
         Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
     server = start_ftp(hostile, tmp_path, "fanout")
     out, files = previous
-    env["PCRS_INDEXER_MAX_FOLDERS"] = "200"
+    env.update({"PCRS_INDEXER_MAX_FOLDERS": "200", "PCRS_INDEXER_TIMEOUT_S": "10"})  # no retry on a loaded machine
     run = run_index(f"ftp://{server.host}/livrable", out, tmp_path / "state.sqlite", env)
     assert run.code == 3
     lists = [c for c in server.commands() if c[1] == "LIST"]
@@ -224,7 +224,7 @@ def test_a_listing_of_too_many_entries_stops_at_the_crawl_caps(hostile: list[Hos
         Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
     server = start_ftp(hostile, tmp_path, "endless-list")
     out, files = previous
-    env.update({"PCRS_INDEXER_MAX_ENTRIES": "1000", "PCRS_INDEXER_MAX_FOLDERS": "10"})
+    env.update({"PCRS_INDEXER_MAX_ENTRIES": "1000", "PCRS_INDEXER_MAX_FOLDERS": "10", "PCRS_INDEXER_TIMEOUT_S": "10"})
     run = run_index(f"ftp://{server.host}/livrable", out, tmp_path / "state.sqlite", env)
     assert (run.code, run.stderr) == (3, f"pcrs-indexer: error: cannot list ftp://{server.host}/livrable: the response "
                                          "is larger than 1010 entries (the max_entries and max_folders setting): "
@@ -238,6 +238,7 @@ def test_a_listing_of_too_many_entries_stops_at_the_crawl_caps(hostile: list[Hos
 def test_a_read_answered_with_more_than_asked_keeps_what_was_asked(hostile: list[HostileFTP], env: dict[str, str],
                                                                    tmp_path: Path) -> None:
     server = start_ftp(hostile, tmp_path, "big-retr")
+    env["PCRS_INDEXER_TIMEOUT_S"] = "10"
     out = tmp_path / "out"
     run = run_index(f"ftp://{server.host}/livrable", out, tmp_path / "state.sqlite", env)
     assert run.code == 0, run.stderr
