@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.servers.servers import HostileFTP
+from tests.servers.servers import HostileFTP, HostileSFTP
 
 PCRS_INDEXER = str(Path(sys.executable).with_name("pcrs-indexer"))
 BASE_RSS_MB = 250
@@ -269,3 +269,22 @@ def test_a_silent_ssh_port_fails_within_the_deadline(hostile: list[HostileFTP], 
     assert_intact(out, files)
     print(f"silent SSH port: {run.wall_s:.1f} s in all, {listing_s:.1f} s from the first connection to the error, "
           f"{run.peak_rss_mb:.0f} MB")
+
+
+def test_an_endless_sftp_folder_stops_at_the_entries_cap(hostile: list[HostileFTP], previous: tuple[
+        Path, dict[str, bytes]], env: dict[str, str], tmp_path: Path) -> None:
+    server = HostileSFTP(tmp_path / "sftp", "endless-folder").start()
+    hostile.append(server)
+    out, files = previous
+    env.update({"PCRS_INDEXER_MAX_ENTRIES": "1000", "PCRS_INDEXER_MAX_FOLDERS": "10", "PCRS_INDEXER_TIMEOUT_S": "10"})
+    db = tmp_path / "state.sqlite"
+    run = run_index(f"sftp://pcrs:Sftp-Pass-1@{server.host}/srv/pcrs", out, db, env)
+    line = (f"cannot list sftp://pcrs:***@{server.host}/srv/pcrs: the response is larger than 1010 entries "
+            "(the max_entries and max_folders setting): reading stopped there")
+    assert (run.code, run.stderr) == (3, f"pcrs-indexer: error: {line}\n")
+    assert last_error(db) == line
+    assert [r[:2] for r in server.requests()] == [("READDIR", "/srv/pcrs")]  # not retried
+    assert run.wall_s < 30
+    assert run.peak_rss_mb < BASE_RSS_MB
+    assert_intact(out, files)
+    print(f"endless SFTP folder: {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")

@@ -26,6 +26,7 @@ from indexer.storages import AccessOptions, open_storage
 from tests.servers.servers import SFTP_USER, FaultyHTTP, Nginx, ProFTPD, PythonHTTP, public_folder
 from tests.servers.storage_fixtures import (
     FTP_PASSWORD,
+    KEYED_BUCKET,
     PUBLIC_BUCKET,
     S3_KEY,
     S3_SECRET,
@@ -526,16 +527,22 @@ def test_a_redirect_to_a_refused_address_is_not_followed(served: Served, tmp_pat
 # Credentials
 
 
-def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-                                tmp_path: Path) -> None:
+def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, aws_env: pytest.MonkeyPatch,
+                                caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.DEBUG)
-    secrets = {FTP_PASSWORD, SFTP_PASSWORD, "wrong-Pass-5150", "http-Pass-8080"}
+    secrets = {FTP_PASSWORD, SFTP_PASSWORD, "wrong-Pass-5150", "http-Pass-8080", S3_KEY, S3_SECRET,
+               "Endpoint-Pass-1"}
     sources = [served.sources()["ftp-user"], served.sources()["sftp-password"], served.sources()["ftps"],
                f"ftp://pcrs:wrong-Pass-5150@{served.ftp.host}/livrable",
                f"sftp://{SFTP_USER}:wrong-Pass-5150@{served.sshd.host}{served.livrable}",
                f"http://reader:http-Pass-8080@127.0.0.1:{served.nginx.port}/livrable/",
-               f"http://reader:http-Pass-8080@127.0.0.1:{served.nginx.port}/absent/"]
+               f"http://reader:http-Pass-8080@127.0.0.1:{served.nginx.port}/absent/",
+               served.sources()["s3-keyed"],
+               f"s3://{KEYED_BUCKET}/livrable?endpoint_url=http://key:Endpoint-Pass-1@127.0.0.1:{served.s3.port}"]
     cli_env.setenv("PCRS_INDEXER_TLS_CA_FILE", str(served.cert))
+    cli_env.setenv("PCRS_INDEXER_S3_ENDPOINT_URL", served.s3.url)
+    aws_env.setenv("AWS_ACCESS_KEY_ID", S3_KEY)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", S3_SECRET)
     texts = []
     for number, source in enumerate(sources):
         out = tmp_path / f"out{number}"
@@ -545,7 +552,8 @@ def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, cap
         texts += [p.read_text() for p in out.glob("*")] if out.exists() else []
     assert [json.loads(t)["source"] for t in texts if t.startswith('{"source": "')] == [
         f"ftp://pcrs:***@{served.ftp.host}/livrable", f"sftp://{SFTP_USER}:***@{served.sshd.host}{served.livrable}",
-        f"ftps://pcrs:***@{served.ftps.host}/livrable", f"http://reader:***@127.0.0.1:{served.nginx.port}/livrable/"]
+        f"ftps://pcrs:***@{served.ftps.host}/livrable", f"http://reader:***@127.0.0.1:{served.nginx.port}/livrable/",
+        f"s3://{KEYED_BUCKET}/livrable?endpoint_url={served.s3.url}"]
     texts.append((tmp_path / "state.sqlite").read_bytes().decode("latin-1"))
     formatter = logging.Formatter()
     texts += [record.getMessage() + repr(record.__dict__) + (formatter.formatException(record.exc_info)
@@ -555,6 +563,10 @@ def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, cap
     assert leaks == []
     assert any(text.endswith(f"pcrs-indexer: error: cannot list ftp://pcrs:***@{served.ftp.host}/livrable: FTP 530 "
                              "Login incorrect.\n") for text in texts)
+    assert any(text.endswith(f"pcrs-indexer: error: s3://{KEYED_BUCKET}/livrable?endpoint_url=http://***@127.0.0.1:"
+                             f"{served.s3.port}: the endpoint URL must not hold credentials (give AWS keys the usual "
+                             "way)\n") for text in texts)
+    assert any("Credential=***/" in text for text in texts)  # botocore's debug lines, at -vv, without the key id
 
 
 @pytest.mark.parametrize("name", ["ftp-user", "ftp-list", "sftp-password", "s3-anonymous"])

@@ -396,6 +396,24 @@ class HostileFTP(_Process):
         return out
 
 
+class HostileSFTP(HostileFTP):
+    """An SFTP server misbehaving as `mode` says (see `tests/servers/hostile_sftp.py`), each request logged."""
+
+    def start(self) -> HostileSFTP:
+        """Start the server script."""
+        script = Path(__file__).with_name("hostile_sftp.py")
+        self._spawn([sys.executable, str(script), str(self.port), "--log", str(self.log), "--mode", self.mode])
+        return self
+
+    def requests(self) -> list[tuple[str, str, float]]:
+        """Every SFTP request logged so far: (request, path, time.time() when it came)."""
+        out = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            when, request, path = line.split("|", 2)
+            out.append((request, path, float(when)))
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class FTPCommand:
     """One command an FTP session sent, as ProFTPD logged it."""
