@@ -283,7 +283,8 @@ def index_livrable(settings: Settings, source: str, out: Path, projet_location: 
     livrable: Livrable | None = None
     chosen: str | None = None
     if projet_location:
-        projet = load_projet(projet_location, settings.timeout_s, settings.projet_token(projet_location))
+        projet = load_projet(projet_location, AccessOptions.from_settings(settings),
+                             settings.projet_token(projet_location))
         livrable, chosen = choose_livrable(projet, livrable_name, source)
     concurrency = concurrency or settings.concurrency
     storage = open_storage(source, replace(AccessOptions.from_settings(settings), connections=concurrency))

@@ -10,16 +10,15 @@ import ipaddress
 import json
 import re
 from datetime import date
-from pathlib import Path
+from itertools import accumulate
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import aiohttp
-from fsspec.implementations.http import HTTPFileSystem
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from indexer.errors import ConfigError, LivrableNotFound
-from indexer.storages.access import mask_url
+from indexer.errors import ConfigError, ForbiddenAddress, LivrableNotFound, ReadError
+from indexer.storages.access import AccessOptions, mask_url
+from indexer.storages.http import fetch_document
 
 
 class _Doc(BaseModel):
@@ -143,29 +142,57 @@ def projet_key(projet: Projet) -> str:
     return key
 
 
-def load_projet(location: str, timeout_s: float = 30.0, token: str | None = None) -> Projet:
+def load_projet(location: str, access: AccessOptions | None = None, token: str | None = None) -> Projet:
     """Read a projet document from a file path or an http(s) URL.
 
+    A URL is fetched as a storage is reached (`indexer.storages.http.fetch_document`: the address
+    policy, retries within the deadline, the user agent). Bounds: at most
+    ``access.max_document_bytes`` read (decoded), nesting at most ``access.max_document_depth``.
     `token` is sent as the PCRS site expects it (``Authorization: Token …``): with it, the site
     includes the ``stockage_params`` of private stockages (``stockage_public: false``).
     """
+    access = access or AccessOptions()
+    shown = mask_url(location)
     scheme = urlsplit(location).scheme.lower()
     try:
         if scheme in ("http", "https"):
-            fs = HTTPFileSystem(client_kwargs={"timeout": aiohttp.ClientTimeout(total=timeout_s)},
-                                skip_instance_cache=True)
             headers = {"Authorization": f"Token {token}"} if token else {}
-            text = fs.cat_file(location, headers=headers).decode("utf-8")
+            data = fetch_document(location, access, headers)
         else:
-            text = Path(location).read_text(encoding="utf-8")
+            with open(location, "rb") as file:
+                data = file.read(access.max_document_bytes + 1)
+            if len(data) > access.max_document_bytes:
+                raise ConfigError(f"projet {shown} is larger than {access.max_document_bytes} bytes "
+                                  "(the max_document_bytes setting)")
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read projet {shown}: {exc}") from exc
+    except (ReadError, ForbiddenAddress) as exc:
+        raise ConfigError(f"cannot read projet {shown}: {getattr(exc, 'detail', exc)}") from exc
+    depth = json_depth(text)
+    if depth > access.max_document_depth:
+        raise ConfigError(f"projet {shown} nests arrays and objects {depth} levels deep, more than "
+                          f"{access.max_document_depth} (the max_document_depth setting)")
+    try:
         doc = json.loads(text)
-    except (OSError, aiohttp.ClientError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read projet {mask_url(location)}: {exc}") from exc
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"projet {mask_url(location)} is not JSON: {exc.msg} at line {exc.lineno}") from exc
+        raise ConfigError(f"projet {shown} is not JSON: {exc.msg} at line {exc.lineno}") from exc
     if not isinstance(doc, dict):
-        raise ConfigError(f"projet {mask_url(location)} is not a JSON object")
+        raise ConfigError(f"projet {shown} is not a JSON object")
     return Projet.from_document(doc)
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest in a JSON text (brackets inside strings not counted).
+
+    Linear in the text's length, without parsing it: a bound checked before `json.loads` recurses.
+    """
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
 
 
 STOCKAGES = ("http", "ftp", "sftp", "s3")

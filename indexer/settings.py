@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     max_listing_bytes: int = Field(
         default=16 * 1024 * 1024, ge=64 * 1024,
         description="Largest listing response read (an HTTP listing page, decoded; an S3 listing page).")
+    max_document_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=64 * 1024, description="Largest projet document read (file or URL, decoded).")
+    max_document_depth: int = Field(
+        default=64, ge=8, le=1000, description="Deepest nesting of arrays and objects in a projet document.")
     user_agent: str = "pcrs-indexer/0.1 (+https://pcrs.beta.gouv.fr)"
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

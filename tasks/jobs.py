@@ -179,7 +179,8 @@ def publish(projet: dict[str, Any] | str, livrable: str | None = None, full: boo
     except ValidationError as exc:
         raise ConfigError(f"invalid pcrs.publish arguments: {exc.errors()[0]['msg']}") from exc
     settings = get_fleet_settings()
-    document = (load_projet(request.projet, settings.timeout_s, settings.projet_token(request.projet))
+    document = (load_projet(request.projet, AccessOptions.from_settings(settings),
+                            settings.projet_token(request.projet))
                 if isinstance(request.projet, str)
                 else Projet.from_document(request.projet))
     try:

@@ -24,6 +24,7 @@ from indexer.projet import load_projet
 from indexer.publish import export_all
 from indexer.service import queueing
 from indexer.settings import get_settings
+from indexer.storages import AccessOptions
 from indexer.store import queries
 from indexer.store.engine import migrate, schema_revision
 
@@ -43,7 +44,8 @@ def publish(projet_location: str, livrable_name: str | None, full: bool,
     import tasks.jobs
 
     settings = get_settings()
-    projet = load_projet(projet_location, settings.timeout_s, settings.projet_token(projet_location))
+    projet = load_projet(projet_location, AccessOptions.from_settings(settings),
+                         settings.projet_token(projet_location))
     queued = queueing.publish(open_store(db_url), projet, livrable_name, tasks.jobs.storage_url, full,
                               settings.secret_box())
     tasks.jobs.enqueue_scans(q.scan for q in queued if q.scan is not None)

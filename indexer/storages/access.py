@@ -399,6 +399,10 @@ class AccessOptions:
     """Connections to one HTTP server at once (the scan's concurrency)."""
     max_listing_bytes: int = 16 * 1024 * 1024
     """Largest listing response (an HTTP listing page, decoded; an S3 listing page)."""
+    max_document_bytes: int = 4 * 1024 * 1024
+    """Largest projet document, decoded."""
+    max_document_depth: int = 64
+    """Deepest nesting of arrays and objects in a projet document."""
     tls_ca_file: Path | None = None
     sftp_key_file: Path | None = None
     s3_endpoint_url: str | None = None
@@ -416,6 +420,8 @@ class AccessOptions:
             ftp_max_connections=settings.ftp_max_connections,
             connections=settings.concurrency,
             max_listing_bytes=settings.max_listing_bytes,
+            max_document_bytes=settings.max_document_bytes,
+            max_document_depth=settings.max_document_depth,
             tls_ca_file=settings.tls_ca_file,
             sftp_key_file=settings.sftp_key_file,
             s3_endpoint_url=settings.s3_endpoint_url,

@@ -5,7 +5,7 @@ by `indexer.storages.html_listing`; size and modification time are taken from th
 it shows them. A dalle's header costs one ranged GET, whose ``Content-Range`` also gives the
 size when the listing did not; `stat` costs a HEAD, for change detection only.
 
-Bounds: listing pages are asked for gzip or deflate and read
+Bounds: listing pages (and documents, `fetch_document`) are asked for gzip or deflate and read
 decoded up to a cap; a file read takes the bytes asked for and no more, even from a server that
 ignores ``Range``, and the listing's size, the ``Content-Range`` total and the bytes received must
 agree. Every call, retries included, ends within the retry policy's deadline.
@@ -25,7 +25,7 @@ import socket
 import ssl
 import weakref
 import zlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC
 from typing import Any, TypeVar
@@ -425,6 +425,32 @@ class HTTPListingStorage(Storage):
         client, self._client = self._client, None
         if client is not None and not client.closed:
             sync(self.loop, client.close)
+
+
+def fetch_document(url: str, options: AccessOptions, headers: Mapping[str, str] | None = None) -> bytes:
+    """GET one document (a projet) as a storage is reached: the address policy on every connection
+    and redirect, the user agent, retries within the deadline, gzip or deflate decoded; at most
+    ``options.max_document_bytes`` read and decoded.
+
+    Raises `ReadError`, `NotFound` or `ForbiddenAddress`.
+    """
+    return sync(get_loop(), _fetch_document, url, options, dict(headers or {}))  # type: ignore[no-any-return]
+
+
+async def _fetch_document(url: str, options: AccessOptions, headers: dict[str, str]) -> bytes:
+    https = url.lower().startswith("https:")
+    session = guarded_session(options.addresses, options.retry, options.user_agent,
+                              options.ssl_context() if https else None, 1)
+
+    async def get() -> bytes:
+        async with session.get(url, headers={"Accept-Encoding": ASKED_ENCODINGS, **headers}) as response:
+            if response.status == 404:
+                raise NotFound("HTTP 404", mask_url(url))
+            response.raise_for_status()
+            return await read_decoded(response, options.max_document_bytes, "max_document_bytes")
+
+    async with session:
+        return await retry_async(options.retry, mask_url(url), get, classify_http)
 
 
 def _refuse_encoded(path: str, response: aiohttp.ClientResponse) -> None:

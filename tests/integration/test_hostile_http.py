@@ -300,3 +300,56 @@ def test_symbolic_links_leading_outside_the_folder_are_skipped(
     dalles = json.loads((tmp_path / "out" / "dalles.geojson").read_text())["features"]
     assert sorted(f["properties"]["chemin"] for f in dalles) == ["a.tif", "sub/again.tif"]
     assert run.peak_rss_mb < RSS_BOUND_MB
+
+
+# The projet URL is fetched as a storage is reached, and the document is bounded.
+
+PROJET = {"_id": "p1", "nom": "Projet", "livrables": [{"nom": "Ortho", "nature": "geotiff", "stockage": "http",
+                                                        "stockage_params": {"url": "https://example.fr/"}}]}
+
+
+def test_a_projet_url_is_fetched_like_a_storage(
+        sample_livrable: Path, hostile: Callable[..., FaultyHTTP], tmp_path: Path) -> None:
+    root = tmp_path / "site"
+    root.mkdir()
+    (root / "projet.json").write_text(json.dumps(PROJET))
+    server = hostile(root, fail_first=1)
+    url = f"{server.url}/projet.json"
+    run = index(str(sample_livrable), tmp_path / "out", tmp_path, "--projet", url)
+    assert run.code == 0, run.stderr
+    assert [(r.path, r.status) for r in server.requests()] == [("/projet.json", 503), ("/projet.json", 200)]
+    livrable = json.loads((tmp_path / "out" / "livrables.geojson").read_text())["features"][0]["properties"]
+    assert livrable["nom"] == "Ortho"
+    refused = index(str(sample_livrable), tmp_path / "out", tmp_path, "--projet", url, ALLOWED_NETWORKS="")
+    assert refused.code == 2
+    assert refused.stderr == (f"pcrs-indexer: error: cannot read projet {url}: 127.0.0.1 is a loopback address: "
+                              "refused (allow it with the allowed_networks setting)\n")
+    assert len(server.requests()) == 2  # nothing asked of a refused address
+
+
+@pytest.mark.parametrize("mode", ["gzip-bomb", "endless-json"])
+def test_an_endless_projet_is_cut_at_the_cap(
+        mode: str, sample_livrable: Path, hostile: Callable[..., FaultyHTTP], out: Path, good_outputs: Path,
+        tmp_path: Path) -> None:
+    server = hostile(hostile=mode)
+    url = f"{server.url}/projet.json"
+    run = index(str(sample_livrable), out, tmp_path, "--projet", url, TIMEOUT_S=30)
+    assert run.code == 2, run.stderr
+    assert run.stderr == (f"pcrs-indexer: error: cannot read projet {url}: the response is larger than "
+                          f"{4 * 1024 * 1024} bytes (the max_document_bytes setting): reading stopped there\n")
+    assert run.wall_s < 20
+    assert run.peak_rss_mb < RSS_BOUND_MB
+    assert intact(out, good_outputs)
+
+
+def test_a_projet_nested_200000_levels_deep_is_refused_in_one_line(
+        sample_livrable: Path, out: Path, good_outputs: Path, tmp_path: Path) -> None:
+    projet = tmp_path / "projet.json"
+    projet.write_text('{"nom": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    run = index(str(sample_livrable), out, tmp_path, "--projet", str(projet))
+    assert run.code == 2, run.stderr
+    assert run.stderr == (f"pcrs-indexer: error: projet {projet} nests arrays and objects 200001 levels deep, "
+                          "more than 64 (the max_document_depth setting)\n")
+    assert run.wall_s < 15
+    assert run.peak_rss_mb < RSS_BOUND_MB
+    assert intact(out, good_outputs)

@@ -16,9 +16,13 @@ from indexer.projet import load_projet
 from indexer.secrets import SecretBox, new_key
 from indexer.service import queueing
 from indexer.settings import Settings
+from indexer.storages.access import AccessOptions, RetryPolicy
+from indexer.storages.addresses import AddressPolicy
 from tests.unit.test_publication import document, ftp, storage_url
 
 TOKEN = "editor-key-Zx81"
+SITE_ACCESS = AccessOptions(retry=RetryPolicy(timeout_s=10), addresses=AddressPolicy.of(["127.0.0.1"]))
+"""A projet URL is fetched as a storage is reached: the site on loopback must be allowed."""
 
 
 class Site:
@@ -73,7 +77,7 @@ def site() -> Iterator[Site]:
 def test_the_token_brings_the_private_stockage_params(site: Site, engine: Engine) -> None:
     url = f"{site.url}projets/6523f6b0c3a5d1a2b3c4d5e6"
     settings = Settings(projet_api_url=site.url, projet_api_token=TOKEN)
-    projet = load_projet(url, 10, settings.projet_token(url))
+    projet = load_projet(url, SITE_ACCESS, settings.projet_token(url))
     assert site.authorizations == [f"Token {TOKEN}"]
     queued = queueing.publish(engine, projet, None, storage_url, box=SecretBox(new_key()))
     assert [(q.livrable, q.url) for q in queued] == [("Public", "ftp://ftp.example.fr/ortho"),
@@ -82,7 +86,7 @@ def test_the_token_brings_the_private_stockage_params(site: Site, engine: Engine
 
 def test_without_the_token_the_private_livrable_says_what_is_missing(site: Site, engine: Engine) -> None:
     url = f"{site.url}projets/6523f6b0c3a5d1a2b3c4d5e6"
-    projet = load_projet(url, 10, Settings(projet_api_url=site.url).projet_token(url))
+    projet = load_projet(url, SITE_ACCESS, Settings(projet_api_url=site.url).projet_token(url))
     assert site.authorizations == [None]
     with pytest.raises(ConfigError, match=r"not published, nothing queued: livrable 'Privé': no stockage_params: "
                                           r"the site leaves them out .* \(PCRS_INDEXER_PROJET_API_TOKEN\)$"):
@@ -93,8 +97,8 @@ def test_the_token_goes_only_to_the_site(site: Site) -> None:
     url = f"{site.url}projets/6523f6b0c3a5d1a2b3c4d5e6"
     elsewhere = Settings(projet_api_url="https://pcrs.beta.gouv.fr/", projet_api_token=TOKEN)
     assert elsewhere.projet_token(url) is None
-    load_projet(url, 10, elsewhere.projet_token(url))
+    load_projet(url, SITE_ACCESS, elsewhere.projet_token(url))
     assert site.authorizations == [None]
     with pytest.raises(ConfigError) as refused:
-        load_projet(url, 10, "wrong-token")
+        load_projet(url, SITE_ACCESS, "wrong-token")
     assert "403" in str(refused.value) and "wrong-token" not in str(refused.value)
