@@ -26,7 +26,6 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine, from_origin
 
-from indexer.crs import identify_epsg
 from indexer.models import Dalle, DalleProblem
 from indexer.read import describe, read_dalle
 from indexer.read.formats import Listing
@@ -64,7 +63,7 @@ def gdal_record(path: Path) -> dict[str, Any] | str:
         size = math.hypot(t.a, t.d) * 100
         return {
             "corners": (t * (0, 0), t * (src.width, 0), t * (src.width, src.height), t * (0, src.height)),
-            "epsg": identify_epsg(src.crs.to_wkt()),
+            "epsg": src.crs.to_epsg(),
             "crs": CRS.from_wkt(src.crs.to_wkt()),
             "tailleImage": f"{src.height}x{src.width}",
             "bandes": tuple(f"{gdal_colour(ci)}({gdal_type(dt)})" for ci, dt in zip(src.colorinterp, src.dtypes,
