@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -351,5 +352,22 @@ def test_a_projet_nested_200000_levels_deep_is_refused_in_one_line(
     assert run.stderr == (f"pcrs-indexer: error: projet {projet} nests arrays and objects 200001 levels deep, "
                           "more than 64 (the max_document_depth setting)\n")
     assert run.wall_s < 15
+    assert run.peak_rss_mb < RSS_BOUND_MB
+    assert intact(out, good_outputs)
+
+
+# A listing fan-out without end stops at the folder cap.
+
+def test_an_endless_fan_out_of_folders_stops_at_the_folder_cap(
+        hostile: Callable[..., FaultyHTTP], out: Path, good_outputs: Path, tmp_path: Path) -> None:
+    server = hostile(hostile="fan-out")  # every page links to four new folders, and no file
+    run = index(server.url + "/", out, tmp_path, TIMEOUT_S=30)
+    assert run.code == 3, run.stderr
+    message = re.fullmatch(rf"pcrs-indexer: error: cannot list {server.url}/: more than 10000 folders \(the "
+                           r"max_folders setting\), (d[0-3]+(?:/d[0-3]+)*)/ among them\n", run.stderr)
+    assert message is not None, run.stderr
+    assert message.group(1).count("/") == 6  # breadth first: 4 + 16 + … + 4^6 passes 10,000 at level 7
+    assert len(server.requests()) == sum(4**level for level in range(7))  # 5,461 pages: levels 0 to 6, none more
+    assert run.wall_s < 60
     assert run.peak_rss_mb < RSS_BOUND_MB
     assert intact(out, good_outputs)
