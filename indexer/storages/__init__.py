@@ -52,10 +52,11 @@ def open_storage(source: str, options: AccessOptions | None = None) -> Storage:
     options = options or AccessOptions()
     if "://" not in source:
         return LocalStorage.from_path(source)
-    scheme = parse_location(source).scheme  # checked, its credentials kept secret, before anything else
-    if scheme in _REMOTE and not parse_location(source).host:
-        raise InvalidSource(f"{mask_url(source)}: no {'bucket' if scheme == 's3' else 'host'} in the URL")
-    if scheme in REGISTRY:
-        return storage_class(scheme).from_url(source, options)
-    raise InvalidSource(f"{mask_url(source)}: unsupported scheme {scheme!r} "
+    location = parse_location(source)  # checked, its credentials kept secret, before anything else
+    if location.scheme in _REMOTE and not location.host:
+        raise InvalidSource(f"{mask_url(source)}: no {'bucket' if location.scheme == 's3' else 'host'} in the URL")
+    if location.scheme in REGISTRY:
+        # Credentials written unencoded ("Pa/ss#word") reach the transport percent-encoded.
+        return storage_class(location.scheme).from_url(location.url if location.password else source, options)
+    raise InvalidSource(f"{mask_url(source)}: unsupported scheme {location.scheme!r} "
                         "(use a folder, file://, http(s)://, ftp(s)://, sftp:// or s3://)")

@@ -132,6 +132,17 @@ class Location:
     """The URL with the password replaced by ``***`` (and secret query values): `mask_url`'s form."""
 
     @property
+    def url(self) -> str:
+        """The URL as RFC 3986 writes it, its credentials percent-encoded: the form transports are given."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = "" if self.port is None else f":{self.port}"
+        user = quote(self.username, safe="")
+        userinfo = f"{user}@" if user else ""
+        if self.password is not None:
+            userinfo = f"{user}:{quote(self.password, safe='')}@"
+        return f"{self.scheme}://{userinfo}{host}{port}{self.rest}"
+
+    @property
     def path(self) -> str:
         """The path, percent-encoded, without query or fragment."""
         return self.rest[:_first_of(self.rest, "?#")]

@@ -531,12 +531,13 @@ def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, aws
                                 caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
     caplog.set_level(logging.DEBUG)
     secrets = {FTP_PASSWORD, SFTP_PASSWORD, "wrong-Pass-5150", "http-Pass-8080", S3_KEY, S3_SECRET,
-               "Endpoint-Pass-1"}
+               "Endpoint-Pass-1", "http-Pass#8080", "http-Pass%238080"}
     sources = [served.sources()["ftp-user"], served.sources()["sftp-password"], served.sources()["ftps"],
                f"ftp://pcrs:wrong-Pass-5150@{served.ftp.host}/livrable",
                f"sftp://{SFTP_USER}:wrong-Pass-5150@{served.sshd.host}{served.livrable}",
                f"http://reader:http-Pass-8080@127.0.0.1:{served.nginx.port}/livrable/",
                f"http://reader:http-Pass-8080@127.0.0.1:{served.nginx.port}/absent/",
+               f"http://reader:http-Pass#8080@127.0.0.1:{served.nginx.port}/livrable/",
                served.sources()["s3-keyed"],
                f"s3://{KEYED_BUCKET}/livrable?endpoint_url=http://key:Endpoint-Pass-1@127.0.0.1:{served.s3.port}"]
     cli_env.setenv("PCRS_INDEXER_TLS_CA_FILE", str(served.cert))
@@ -553,6 +554,7 @@ def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, aws
     assert [json.loads(t)["source"] for t in texts if t.startswith('{"source": "')] == [
         f"ftp://pcrs:***@{served.ftp.host}/livrable", f"sftp://{SFTP_USER}:***@{served.sshd.host}{served.livrable}",
         f"ftps://pcrs:***@{served.ftps.host}/livrable", f"http://reader:***@127.0.0.1:{served.nginx.port}/livrable/",
+        f"http://reader:***@127.0.0.1:{served.nginx.port}/livrable/",
         f"s3://{KEYED_BUCKET}/livrable?endpoint_url={served.s3.url}"]
     texts.append((tmp_path / "state.sqlite").read_bytes().decode("latin-1"))
     formatter = logging.Formatter()

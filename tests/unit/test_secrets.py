@@ -14,6 +14,7 @@ from indexer.errors import InvalidSource
 from indexer.storages import access, open_storage
 from indexer.storages.access import Failure, ScrubFilter, keep_secret, mask_url, parse_location, scrub
 from indexer.storages.ftp import FTPStorage
+from indexer.storages.http import HTTPListingStorage
 from indexer.storages.sftp import SFTPStorage
 
 
@@ -105,6 +106,9 @@ def test_storages_read_credentials_once_and_show_none(no_secrets: None) -> None:
     sftp = open_storage("sftp://u:Se/cret@h.example/~/pcrs")
     assert isinstance(sftp, SFTPStorage)
     assert (sftp.server.password, sftp.root, sftp.url) == ("Se/cret", "pcrs", "sftp://u:***@h.example/~/pcrs")
+    http = open_storage("http://reader:Pass#word@h.example/l/")
+    assert isinstance(http, HTTPListingStorage)
+    assert (http.root_url, http.url) == ("http://reader:Pass%23word@h.example/l/", "http://reader:***@h.example/l/")
     with pytest.raises(InvalidSource) as refused:
         open_storage("ftp://u:Pw-1@h.example:99999/x")
     assert str(refused.value) == "ftp://u:***@h.example:99999/x: the port must be a number from 0 to 65535, not '99999'"
@@ -112,7 +116,7 @@ def test_storages_read_credentials_once_and_show_none(no_secrets: None) -> None:
         open_storage("s3://b/p?endpoint_url=https://AKIAKEY:s3cret@s3.example")
     assert str(credentials.value) == ("s3://b/p?endpoint_url=https://***@s3.example: the endpoint URL must not hold "
                                       "credentials (give AWS keys the usual way)")
-    assert scrub("Pa/ss#w Se/cret Pw-1 AKIAKEY s3cret Pa%2Fss%23w") == "*** *** *** *** *** ***"
+    assert scrub("Pa/ss#w Se/cret Pw-1 AKIAKEY s3cret Pa%2Fss%23w Pass#word") == "*** *** *** *** *** *** ***"
 
 
 def test_failures_and_log_records_are_scrubbed(no_secrets: None) -> None:
