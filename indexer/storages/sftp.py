@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
@@ -89,6 +90,8 @@ class SFTPStorage(Storage):
         self.limits = limits or CrawlLimits()
         self._fs: RangedSSHFileSystem | None = None
         self._lock = threading.Lock()
+        self._attempt = threading.local()
+        """The deadline of the current thread's attempt (`_call`)."""
 
     @classmethod
     def from_url(cls, url: str, options: AccessOptions) -> SFTPStorage:
@@ -120,7 +123,9 @@ class SFTPStorage(Storage):
             return self._fs
 
     def _call(self, what: str, operation: Callable[[RangedSSHFileSystem], T]) -> T:
+        """`operation` retried under the policy; each attempt, logging in included, has ``timeout_s`` in all."""
         def attempt() -> T:
+            self._attempt.deadline = time.monotonic() + self.policy.timeout_s
             fs = self._connection()
             try:
                 return operation(fs)
@@ -140,7 +145,9 @@ class SFTPStorage(Storage):
         return f"{self.root.rstrip('/')}/{relative}" if relative else self.root
 
     def _sync(self, fs: RangedSSHFileSystem, method: Callable[..., Any], *args: Any) -> Any:
-        return sync(fs.loop, method, *args, timeout=self.policy.timeout_s)
+        """Run `method` on the connection's loop, within what is left of the attempt's time."""
+        deadline = getattr(self._attempt, "deadline", time.monotonic() + self.policy.timeout_s)
+        return sync(fs.loop, method, *args, timeout=max(0.001, deadline - time.monotonic()))
 
     def list_files(self) -> list[FileEntry]:
         """List the folders level by level, a few at once on the one connection."""
