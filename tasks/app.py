@@ -24,6 +24,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from indexer.errors import ConfigError
 from indexer.settings import get_fleet_settings
+from indexer.storages.access import ScrubFilter
 from indexer.store.engine import create_store
 
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -39,7 +40,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname, "logger": record.name, "message": record.getMessage()}
         line.update({k: v for k, v in vars(record).items() if k not in _RECORD_FIELDS and not k.startswith("_")})
         if record.exc_info:
-            line["traceback"] = self.formatException(record.exc_info)
+            line["traceback"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
@@ -47,6 +48,7 @@ class JsonFormatter(logging.Formatter):
 def _json_logging(loglevel: int | str | None = None, **_: Any) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ScrubFilter())  # no credential in any line, tracebacks and extra fields included
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(loglevel or logging.INFO)

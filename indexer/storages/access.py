@@ -97,8 +97,7 @@ class ScrubFilter(logging.Filter):
             if isinstance(value, str):
                 setattr(record, key, scrub(value))
         if record.exc_info and record.exc_info[0] is not None:
-            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
-            record.exc_info = None
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))  # formatters use it
         return True
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
+import sys
 from urllib.parse import quote
 
 import pytest
@@ -139,3 +141,19 @@ def test_failures_and_log_records_are_scrubbed(no_secrets: None) -> None:
     assert "Log-Secret-99" not in text
     assert text.startswith("refused *** 530 ***\nTraceback (most recent call last):")
     assert text.endswith("ValueError: no *** here\n")
+
+
+def test_worker_log_lines_are_scrubbed(no_secrets: None) -> None:
+    from tasks.app import JsonFormatter
+
+    keep_secret("Worker-Secret-42")
+    record = logging.LogRecord("indexer.pipeline", logging.ERROR, "", 0, "scan failed: %s", ("Worker-Secret-42",), None)
+    try:
+        raise RuntimeError("530 Worker-Secret-42")
+    except RuntimeError:
+        record.exc_info = sys.exc_info()
+    record.error = "FTP 530 Worker-Secret-42"
+    assert ScrubFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["message"], line["error"]) == ("scan failed: ***", "FTP 530 ***")
+    assert line["traceback"].endswith("RuntimeError: 530 ***")
