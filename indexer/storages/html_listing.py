@@ -48,6 +48,21 @@ def _normal_path(path: str) -> str:
     return re.sub(r"%[0-9a-f]{2}", lambda m: m.group(0).upper(), encoded)
 
 
+MAX_TAG_CHARS = 4096
+"""Longest tag read as one: a ``<`` not closed within as many characters is text."""
+MAX_DETAIL_CHARS = 256
+"""Most characters read for a link's date and size, on its line before it and after it."""
+
+_UNSAFE = re.compile(rf"<(?=!\[)|<(?![^<>]{{0,{MAX_TAG_CHARS}}}+>)")
+"""What Python's HTML parser handles in quadratic time or refuses: a ``<`` its tag never closes
+(it scans to the end of the page for each), a marked section ``<![`` (it raises)."""
+
+
+def _defused(html: str) -> str:
+    """The page with every `_UNSAFE` ``<`` written ``&lt;``: text to the parser, in linear time."""
+    return _UNSAFE.sub("&lt;", html)
+
+
 @dataclass(slots=True)
 class _Anchor:
     href: str
@@ -77,7 +92,7 @@ class _AnchorParser(HTMLParser):
         between = "".join(self._between)
         self._between = []
         if self.anchors:
-            self.anchors[-1].after = between.split("\n", 1)[0]
+            self.anchors[-1].after = between.split("\n", 1)[0][:MAX_DETAIL_CHARS]
         return between
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -85,7 +100,7 @@ class _AnchorParser(HTMLParser):
             href = dict(attrs).get("href")
             if href is not None:
                 between = self._flush()
-                self.anchors.append(_Anchor(href.strip(), between.rsplit("\n", 1)[-1]))
+                self.anchors.append(_Anchor(href.strip(), between.rsplit("\n", 1)[-1][-MAX_DETAIL_CHARS:]))
                 self._in_anchor = True
         elif tag in _BLOCK_TAGS:
             self._between.append("\n")
@@ -121,13 +136,13 @@ _DATE_PATTERNS: tuple[tuple[re.Pattern[str], tuple[str, ...]], ...] = (
     # lighttpd: 2024-Jan-02 10:00:00
     (re.compile(r"\d{4}-[A-Za-z]{3}-\d{2} \d{2}:\d{2}(?::\d{2})?"), ("%Y-%b-%d %H:%M:%S", "%Y-%b-%d %H:%M")),
     # IIS: Tuesday, January 2, 2024 10:00 AM
-    (re.compile(r"[A-Za-z]+, [A-Za-z]+ \d{1,2}, \d{4}\s+\d{1,2}:\d{2}(?:\s*[AaPp][Mm])?"),
+    (re.compile(r"(?<![A-Za-z])[A-Za-z]{3,9}, [A-Za-z]{3,9} \d{1,2}, \d{4}\s+\d{1,2}:\d{2}(?:\s*[AaPp][Mm])?"),
      ("%A, %B %d, %Y %I:%M %p", "%A, %B %d, %Y %H:%M")),
     # IIS: 1/2/2024 10:00 AM (month first, as IIS writes it by default)
     (re.compile(r"\d{1,2}/\d{1,2}/\d{4}\s+\d{1,2}:\d{2}(?::\d{2})?(?:\s*[AaPp][Mm])?"),
      ("%m/%d/%Y %I:%M %p", "%m/%d/%Y %I:%M:%S %p", "%m/%d/%Y %H:%M", "%m/%d/%Y %H:%M:%S")),
 )
-_SIZE = re.compile(r"^\s*(-|\d+(?:\.\d+)?)\s*([KMGTP]i?B?|[kmgtp]|B|bytes)?\s*(?:$|\s)")
+_SIZE = re.compile(r"^\s*(-|[0-9]{1,20}(?:\.[0-9]{1,20})?)\s*([KMGTP]i?B?|[kmgtp]|B|bytes)?\s*(?:$|\s)")
 _DIR_MARK = re.compile(r"<dir>", re.IGNORECASE)
 _PLAIN_HREF = re.compile(r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*/?")
 """A relative link to a child named with characters URLs never escape (not ``.``, ``..``)."""
@@ -175,10 +190,11 @@ def parse_listing(html: str, page_url: str) -> list[Link]:
     Parent links, sort and query links, fragments, other hosts or schemes and links that lead
     back up or further down are dropped: a crawl that follows the result never leaves the
     page's folder. Details are read after the link (nginx, Apache, lighttpd) or, when there are
-    none, before it (IIS).
+    none, before it (IIS), at most `MAX_DETAIL_CHARS` each side. Linear in the page's length,
+    whatever it holds; never raises.
     """
     parser = _AnchorParser()
-    parser.feed(html)
+    parser.feed(_defused(html))
     parser.close()
     base = urlsplit(page_url)
     base_path = _normal_path(base.path if base.path.endswith("/") else base.path + "/")
@@ -192,7 +208,10 @@ def parse_listing(html: str, page_url: str) -> list[Link]:
         else:
             if not href or href.startswith(("#", "?", "mailto:", "javascript:")):
                 continue
-            target = urlsplit(urljoin(page_url, href))
+            try:
+                target = urlsplit(urljoin(page_url, href))
+            except ValueError:  # an address that does not parse ("http://[x/")
+                continue
             if target.scheme != base.scheme or target.netloc != base.netloc:
                 continue
             target_path = _normal_path(target.path)
