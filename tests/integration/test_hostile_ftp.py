@@ -11,18 +11,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.servers.servers import HostileFTP, HostileSFTP
+from indexer.sample import write_dalle
+from tests.servers.servers import HostileFTP, HostileSFTP, Nginx, public_folder
 
 PCRS_INDEXER = str(Path(sys.executable).with_name("pcrs-indexer"))
 BASE_RSS_MB = 250
@@ -288,3 +290,17 @@ def test_an_endless_sftp_folder_stops_at_the_entries_cap(hostile: list[HostileFT
     assert run.peak_rss_mb < BASE_RSS_MB
     assert_intact(out, files)
     print(f"endless SFTP folder: {run.wall_s:.1f} s, {run.peak_rss_mb:.0f} MB")
+
+
+def test_log_lines_show_their_fields(serve: Callable[[Path], Nginx], env: dict[str, str], tmp_path: Path) -> None:
+    root = public_folder()
+    try:
+        write_dalle(root / "livrable" / "lot" / "a.tif", (700000.0, 6600200.0), pixels=64, resolution_m=1.0)
+        (root / "livrable" / "lot" / "boucle").symlink_to("..")
+        server = serve(root)
+        run = run_index(f"{server.url}/livrable/", tmp_path / "out", tmp_path / "state.sqlite", env)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    assert run.code == 0, run.stderr
+    assert run.stderr == ("WARNING indexer.storages.crawl: folder skipped: it repeats an ancestor (a link looping "
+                          f"back up) storage={server.url}/livrable/ folder=lot/boucle/\n")
