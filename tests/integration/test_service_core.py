@@ -17,13 +17,15 @@ from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, func, inspect, select
 
 from indexer.cli import main
 from indexer.errors import ConfigError, LivrableNotFound, ScanRunning
-from indexer.models import Dalle, DalleProblem
+from indexer.models import Dalle, DalleProblem, SkipReason
 from indexer.pipeline import ScanOptions, scan_storage
 from indexer.projet import Projet
 from indexer.publish import export_all
@@ -115,6 +117,23 @@ def test_stages_give_the_records_of_scan_storage(store: Engine, livrable_copy: P
         assert (row.status, row.step, row.listed, row.read, row.reused, row.skipped) == (
             "succeeded", "done", 23, 22, 0, 7)
         assert conn.execute(select(schema.livrables.c.feature)).scalar_one()["properties"]["nom"] == "Ortho 2025"
+
+
+def test_a_dalle_that_cannot_be_placed_is_recorded_not_georeferenced(store: Engine, livrable_copy: Path,
+                                                                     tmp_path: Path) -> None:
+    local_cs = 'LOCAL_CS["Chantier Quai Nord",UNIT["metre",1,AUTHORITY["EPSG","9001"]]]'
+    with rasterio.open(livrable_copy / "lot 1" / "chantier.tif", "w", driver="GTiff", width=16, height=16, count=1,
+                       dtype="uint8", crs=rasterio.crs.CRS.from_wkt(local_cs),
+                       transform=rasterio.transform.from_origin(1000, 2000, 1, 1)) as dst:
+        dst.write(np.zeros((1, 16, 16), "uint8"))
+    published = run_scan(store, livrable_copy, tmp_path / "out")
+    assert (published.dalles, published.skipped) == (15, 8)
+    detail = 'its CRS "Chantier Quai Nord" (Engineering CRS) has no transformation to WGS84'
+    (record,) = [r for r in store_records.load_records(store, 1) if r.path == "lot 1/chantier.tif"]
+    assert record == DalleProblem(record.file, SkipReason.NOT_GEOREFERENCED, detail)
+    report = json.loads((tmp_path / "out" / "1" / "report.json").read_text())
+    assert {"path": "lot 1/chantier.tif", "reason": "not_georeferenced", "detail": detail} in report["skipped"]
+    assert (report["raster_files"], report["indexed"], len(report["skipped"])) == (23, 15, 8)
 
 
 def test_a_rescan_reads_only_new_or_changed_dalles(store: Engine, livrable_copy: Path, tmp_path: Path) -> None:
