@@ -99,8 +99,9 @@ class Bytes:
 
 
 @pytest.mark.timeout(300)
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(st.one_of(mutated("tiff"), mutated("bigtiff"), mutated("jp2")), st.sampled_from(["a.tif", "a.jp2"]))
 def test_a_mutated_dalle_is_a_record_whatever_gdal_makes_of_it(data: bytes, name: str) -> None:
+    # The same examples every run: what GDAL itself does with them is outside the indexer's control.
     record = parse_dalle(Bytes(data), FileEntry(name, len(data)), data[:16384])
     assert isinstance(record, Dalle | DalleProblem)
