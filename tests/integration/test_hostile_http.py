@@ -31,7 +31,7 @@ pytestmark = pytest.mark.servers
 
 RSS_BOUND_MB = 350.0
 """Peak RSS allowed to a scan whatever the server sends (a scan of the sample takes about 170 MB)."""
-MARGIN_S = 1.5
+MARGIN_S = 3.0
 """Margin over a deadline, besides the time the child takes to start and stop (`startup_s`)."""
 TIMEOUT_S, RETRIES = 1.5, 2
 DEADLINE_S = TIMEOUT_S * (RETRIES + 1)

@@ -1,24 +1,40 @@
 """Run a command as a child process and measure it: exit code, wall time and peak RSS.
 
-The peak RSS is the child's own (``wait4``'s resource usage of that one process), not the
-test's nor its servers'. A child going past `kill_after_s` or `kill_above_mb` is killed, so a
-runaway scan cannot take the machine down; the `Run` then says why.
+The peak RSS is the command's own: Linux carries a process's peak over ``fork`` and ``exec``, so
+the command is started by a small Python process (about 10 MB) rather than by the test's (often
+300 MB), and that starter reads the command's ``wait4`` resource usage. A command going past
+`kill_after_s` or `kill_above_mb` is killed, so a runaway scan cannot take the machine down; the
+`Run` then says why.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+_STARTER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+with open(sys.argv[1] + ".pid", "w") as out:
+    out.write(str(pid))
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class Run:
-    """What a measured child did."""
+    """What a measured command did."""
 
     code: int
     stdout: str
@@ -26,7 +42,7 @@ class Run:
     wall_s: float
     peak_rss_mb: float
     killed: str | None
-    """Why the child was killed (``"time"``, ``"memory"``), None when it ended by itself."""
+    """Why the command was killed (``"time"``, ``"memory"``), None when it ended by itself."""
 
 
 def _rss_mb(pid: int) -> float:
@@ -43,38 +59,36 @@ def _rss_mb(pid: int) -> float:
 def run_measured(args: list[str], env: dict[str, str], cwd: Path, kill_after_s: float = 120.0,
                  kill_above_mb: float = 2048.0) -> Run:
     """Run `args` and wait for it, killing it past `kill_after_s` seconds or `kill_above_mb` MB."""
-    started = time.monotonic()
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=cwd)
-    outputs: dict[str, bytes] = {}
-    readers = [threading.Thread(target=lambda name=name, pipe=pipe: outputs.__setitem__(name, pipe.read()))
-               for name, pipe in (("stdout", child.stdout), ("stderr", child.stderr))]
-    ended = threading.Event()
-    killed: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="measure-") as folder:
+        result = Path(folder, "result")
+        started = time.monotonic()
+        starter = subprocess.Popen([sys.executable, "-c", _STARTER, str(result), *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=env, cwd=cwd)
+        killed: list[str] = []
+        ended = threading.Event()
 
-    def watch() -> None:
-        while not ended.wait(0.05):
-            if time.monotonic() - started > kill_after_s:
-                killed.append("time")
-            elif _rss_mb(child.pid) > kill_above_mb:
-                killed.append("memory")
-            if killed:
-                child.kill()
-                return
+        def watch() -> None:
+            pid_file = Path(f"{result}.pid")
+            while not ended.wait(0.05):
+                if not pid_file.exists() or not pid_file.read_text():
+                    continue
+                pid = int(pid_file.read_text())
+                if time.monotonic() - started > kill_after_s:
+                    killed.append("time")
+                elif _rss_mb(pid) > kill_above_mb:
+                    killed.append("memory")
+                if killed:
+                    os.kill(pid, signal.SIGKILL)
+                    return
 
-    watcher = threading.Thread(target=watch)
-    for thread in (*readers, watcher):
-        thread.start()
-    _, status, usage = os.wait4(child.pid, 0)
-    ended.set()
-    wall = time.monotonic() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
-    for thread in (*readers, watcher):
-        thread.join()
-    for pipe in (child.stdout, child.stderr):
-        if pipe is not None:
-            pipe.close()
-    return Run(child.returncode, outputs.get("stdout", b"").decode(errors="replace"),
-               outputs.get("stderr", b"").decode(errors="replace"), wall, usage.ru_maxrss / 1024,
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        stdout, stderr = starter.communicate()
+        ended.set()
+        wall = time.monotonic() - started
+        watcher.join()
+        code, peak_kb = (int(v) for v in result.read_text().split())
+    return Run(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"), wall, peak_kb / 1024,
                killed[0] if killed else None)
 
 
