@@ -57,8 +57,8 @@ async def get_range(fs: S3FileSystem, bucket: str, key: str, start: int, end: in
 
 
 def capped_session(max_bytes: int, setting: str) -> type[AIOHTTPSession]:
-    """aiobotocore's HTTP session reading a whole (non-streamed) answer only up to `max_bytes`
-    (`ResponseTooLarge` past it), and letting the address policy's refusal through unwrapped."""
+    """aiobotocore's HTTP session reading a whole answer (not streamed, or an error) only up to
+    `max_bytes` (`ResponseTooLarge` past it), and letting the address policy's refusal through unwrapped."""
 
     class CappedSession(AIOHTTPSession):  # type: ignore[misc]
         async def send(self, request: Any) -> Any:
@@ -72,7 +72,7 @@ def capped_session(max_bytes: int, setting: str) -> type[AIOHTTPSession]:
                 raise
             finally:
                 request.stream_output = streamed
-            if not streamed:
+            if not streamed or response.status_code >= 300:  # botocore reads an error's body whole
                 response._content = await _read_capped(response.raw, max_bytes, setting)
             return response
 

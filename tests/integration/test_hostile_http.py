@@ -371,3 +371,16 @@ def test_an_endless_fan_out_of_folders_stops_at_the_folder_cap(
     assert run.wall_s < 60
     assert run.peak_rss_mb < RSS_BOUND_MB
     assert intact(out, good_outputs)
+
+
+def test_an_s3_error_with_an_endless_body_is_a_problem_of_the_dalle(
+        hostile: Callable[..., FaultyHTTP], tmp_path: Path) -> None:
+    server = hostile(hostile="s3-endless-error")  # lists d0.tif, answers its GetObject 500 and an endless body
+    run = index(f"s3://pcrs/livrable?endpoint_url={server.url}", tmp_path / "out", tmp_path, TIMEOUT_S=30)
+    assert (run.code, run.stderr) == (0, "")
+    assert report(tmp_path / "out")["skipped"] == [{
+        "path": "d0.tif", "reason": "unreadable",
+        "detail": f"d0.tif: the response is larger than {16 * 1024 * 1024} bytes (the max_listing_bytes setting): "
+                  "reading stopped there"}]
+    assert run.wall_s < 30
+    assert run.peak_rss_mb < RSS_BOUND_MB

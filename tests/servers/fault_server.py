@@ -169,6 +169,21 @@ def _s3_listing_forever() -> Iterator[bytes]:
         n += 1000
 
 
+def _s3_endless_error(h: FaultyHandler) -> None:
+    """An S3 endpoint listing one object, and answering its GetObject with a 500 and an endless body."""
+    if "list-type=2" in h.path:
+        body = (b'<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/'
+                b'2006-03-01/"><Name>pcrs</Name><Prefix>livrable/</Prefix><KeyCount>1</KeyCount><MaxKeys>1000'
+                b'</MaxKeys><IsTruncated>false</IsTruncated><Contents><Key>livrable/d0.tif</Key><LastModified>'
+                b'2026-01-01T00:00:00.000Z</LastModified><ETag>&quot;e0&quot;</ETag><Size>1000</Size><StorageClass>'
+                b'STANDARD</StorageClass></Contents></ListBucketResult>')
+        h._head(200, {"Content-Type": "application/xml", "Content-Length": str(len(body))})
+        h.wfile.write(body)
+        return
+    h._head(500, {"Content-Type": "application/xml"})
+    h._stream(_repeat(b"<Error><Code>InternalError</Code>" + b" " * 65000 + b"</Error>"))
+
+
 def _trickle_status(h: FaultyHandler) -> None:
     h._record(200)
     h._trickle(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + b" " * 100_000)
@@ -240,6 +255,7 @@ HOSTILE: dict[str, Callable[[FaultyHandler], None]] = {
     "gzip-bomb": _endless(_gzip_bomb, {"Content-Type": "application/json", "Content-Encoding": "gzip"}),
     "endless-json": _endless(lambda: _repeat(b" " * 65536), {"Content-Type": "application/json"}),
     "endless-s3-listing": _endless(_s3_listing_forever, {"Content-Type": "application/xml"}),
+    "s3-endless-error": _s3_endless_error,
     "ignore-range": _ignore_range,
     "huge-content-range": _huge_content_range,
     "slow-first-byte": _slow_first_byte,
