@@ -138,6 +138,17 @@ def test_stock_nginx_with_gzip_gives_the_same_outputs_as_the_folder(
     assert len(pages) == 5 and all(r.status == 200 for r in pages)
 
 
+@pytest.mark.parametrize("mode", ["deflate", "raw-deflate"])
+def test_deflated_listings_are_decoded(mode: str, sample_livrable: Path, good_outputs: Path,
+                                       hostile: Callable[..., FaultyHTTP], tmp_path: Path) -> None:
+    server = hostile(sample_livrable, hostile=mode)
+    run = index(server.url + "/", tmp_path / "out", tmp_path)
+    assert (run.code, run.stderr) == (0, "")
+    for name in ("dalles.geojson", "livrables.geojson"):
+        assert (tmp_path / "out" / name).read_bytes() == (good_outputs / name).read_bytes()
+    assert run.peak_rss_mb < RSS_BOUND_MB
+
+
 # Every listing ends within TIMEOUT_S × (RETRIES + 1), whatever the server does.
 
 NO_RETRY = f"; no retry: it would end past the {DEADLINE_S:g} s deadline (timeout_s × (retries + 1))"

@@ -184,6 +184,21 @@ def _s3_endless_error(h: FaultyHandler) -> None:
     h._stream(_repeat(b"<Error><Code>InternalError</Code>" + b" " * 65000 + b"</Error>"))
 
 
+def _deflated(raw: bool) -> Callable[[FaultyHandler], None]:
+    """Listings sent deflate-encoded (zlib-wrapped as RFC 9110 says, or `raw` as some servers do),
+    files as http.server sends them (200, the whole file)."""
+    def answer(h: FaultyHandler) -> None:
+        if not h._local().is_dir():
+            h._record(200)
+            SimpleHTTPRequestHandler.do_GET(h)
+            return
+        packer = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+        body = packer.compress(h.nginx_listing()) + packer.flush()
+        h._head(200, {"Content-Type": "text/html", "Content-Encoding": "deflate", "Content-Length": str(len(body))})
+        h.wfile.write(body)
+    return answer
+
+
 def _trickle_status(h: FaultyHandler) -> None:
     h._record(200)
     h._trickle(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n" + b" " * 100_000)
@@ -256,6 +271,8 @@ HOSTILE: dict[str, Callable[[FaultyHandler], None]] = {
     "endless-json": _endless(lambda: _repeat(b" " * 65536), {"Content-Type": "application/json"}),
     "endless-s3-listing": _endless(_s3_listing_forever, {"Content-Type": "application/xml"}),
     "s3-endless-error": _s3_endless_error,
+    "deflate": _deflated(raw=False),
+    "raw-deflate": _deflated(raw=True),
     "ignore-range": _ignore_range,
     "huge-content-range": _huge_content_range,
     "slow-first-byte": _slow_first_byte,
