@@ -18,18 +18,45 @@ class InvalidSource(IndexerError):
 
 
 class StorageUnreachable(IndexerError):
-    """The storage cannot be listed (network, permissions, missing folder). Transient."""
+    """The storage cannot be listed or read (network, permissions, missing folder).
+
+    Args:
+        message: one line for the user.
+        permanent: trying again cannot mend it (a missing root, a refused login, a TLS error):
+            the fleet ends the scan as failed at once instead of retrying it.
+    """
+
+    permanent_by_default = False
+
+    def __init__(self, message: str, *, permanent: bool | None = None) -> None:
+        super().__init__(message)
+        self.permanent = self.permanent_by_default if permanent is None else permanent
 
 
 class ForbiddenAddress(StorageUnreachable):
     """The storage resolves to a loopback, private, link-local or multicast address not allowed.
 
-    Not transient: only the ``allowed_networks`` setting or the storage's address can change it.
+    Permanent: only the ``allowed_networks`` setting or the storage's address can change it.
     """
+
+    permanent_by_default = True
 
 
 class ListingLimitReached(StorageUnreachable):
     """The crawl went past the depth or entry cap: the listing is stopped rather than left to run."""
+
+    permanent_by_default = True
+
+
+class ScanUnreliable(StorageUnreachable):
+    """The storage failed while the scan read it (too many unreadable dalles, or none valid where the
+    last scan had some): the scan ends as failed and the last good result stays published."""
+
+    permanent_by_default = True
+
+
+class BrokerUnreachable(IndexerError):
+    """The message starting a scan could not be sent to the broker: the scan was not queued."""
 
 
 class LivrableNotFound(IndexerError):
@@ -64,9 +91,12 @@ class ReadError(Exception):
     Args:
         what: the file's path (or the page's masked URL) the read was for.
         detail: the cause, for the user (``timed out (2 attempts)``, ``not found (HTTP 404)``).
+        permanent: the cause is not transient (a refused login, a TLS error), so trying the
+            storage again later will not mend it.
     """
 
-    def __init__(self, what: str, detail: str) -> None:
+    def __init__(self, what: str, detail: str, *, permanent: bool = False) -> None:
         super().__init__(f"{what}: {detail}")
         self.what = what
         self.detail = detail
+        self.permanent = permanent

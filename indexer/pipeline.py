@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from indexer.emprise import check_footprints
-from indexer.errors import ReadError, StorageUnreachable
+from indexer.errors import ReadError, ScanRunning, ScanUnreliable, StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileEntry, Record, ScanResult, Signature, SkipReason
 from indexer.projet import Livrable, Projet, choose_livrable, load_projet
 from indexer.publish import Publication, publish_outputs
@@ -54,6 +57,34 @@ class ScanOptions:
     header_bytes: int = 16384
     full: bool = False
     """Ignore change detection and read every dalle again."""
+    max_unreadable_share: float = 0.02
+    """Share of unreadable dalles above which the scan fails (see `check_result`)."""
+    lease_s: float = scans.INDEX_LEASE_S
+    """A scan whose heartbeat is older than this counts as abandoned; renewed four times as often."""
+
+
+MIN_UNREADABLE = 3
+"""Fewest unreadable dalles that can fail a scan: one or two are the dalles' own problem."""
+
+
+def check_result(result: ScanResult, last_good_dalles: int, max_unreadable_share: float) -> None:
+    """Raise `ScanUnreliable` when a scan's result must not replace the last good one.
+
+    That is when more than `max_unreadable_share` of its raster files (and at least
+    `MIN_UNREADABLE`) could not be read, the storage failing rather than its dalles, or when it
+    found no valid dalle where the last good scan had `last_good_dalles`.
+    """
+    unreadable = [p for p in result.problems if p.reason == SkipReason.UNREADABLE]
+    if len(unreadable) >= MIN_UNREADABLE and len(unreadable) > max_unreadable_share * result.raster_files:
+        first = min(unreadable, key=lambda p: p.path)
+        raise ScanUnreliable(
+            f"cannot read {result.source}: {len(unreadable)} of {result.raster_files} dalles unreadable (more than "
+            f"{max_unreadable_share:.0%}, the max_unreadable_share setting), {first.detail}; "
+            "the last good result is kept")
+    if not result.dalles and last_good_dalles:
+        raise ScanUnreliable(
+            f"cannot read {result.source}: no valid dalle of {result.raster_files} where the last good scan had "
+            f"{last_good_dalles}; the last good result is kept")
 
 
 PARSE_BATCH = 64
@@ -219,12 +250,44 @@ def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
                  wrap: Wrap[Record] = no_progress) -> ScanResult:
     """List a storage, reuse unchanged dalles, read the others, and record the result.
 
-    Raises `StorageUnreachable` when the storage cannot be listed; its scan is then recorded as
+    Raises `StorageUnreachable` when the storage cannot be listed, and `ScanUnreliable` when the
+    result must not replace the last good one (`check_result`); the scan is then recorded as
     failed and its previous records, the last good result, are kept.
     """
     started = time.perf_counter()
     storage_key = catalog.storage_id(engine, storage.url)
-    scan = scans.start_scan(engine, storage_key)
+    scan = scans.start_scan(engine, storage_key, options.lease_s)
+    if scan is None:
+        raise ScanRunning(f"{storage.url} is already being scanned (storage {storage_key}): wait for it to end, "
+                          "see `pcrs-indexer status`")
+    with _heartbeat(engine, scan, options.lease_s / 4):
+        return _scan(storage, engine, options, wrap, storage_key, scan, started)
+
+
+@contextmanager
+def _heartbeat(engine: Engine, scan: int, every_s: float) -> Iterator[None]:
+    """Renew the scan's heartbeat every `every_s` from a thread while the block runs: the lease
+    that tells a scan whose process was killed (`indexer.store.scans.start_scan`)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                scans.touch_scan(engine, scan)
+            except SQLAlchemyError as exc:  # the next beat tries again; the scan itself will fail or end
+                log.warning("heartbeat not recorded", extra={"scan": scan, "error": str(exc)})
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _scan(storage: Storage, engine: Engine, options: ScanOptions, wrap: Wrap[Record], storage_key: int, scan: int,
+          started: float) -> ScanResult:
     try:
         listing = Listing.of(storage.list_files())
     except StorageUnreachable as exc:
@@ -246,6 +309,11 @@ def scan_storage(storage: Storage, engine: Engine, options: ScanOptions,
         reused_paths=unchanged,
     )
     result.duration_s = time.perf_counter() - started
+    try:
+        check_result(result, scans.last_good_dalles(engine, storage_key), options.max_unreadable_share)
+    except ScanUnreliable as exc:
+        scans.fail_scan(engine, scan, str(exc))
+        raise
     scans.finish_scan(engine, storage_key, scan, result.dalles, result.problems, {
         "listed": result.listed_files, "read": len(to_read), "reused": len(kept),
         "skipped": len(result.problems), "duration_s": round(result.duration_s, 3)},
@@ -290,7 +358,8 @@ def index_livrable(settings: Settings, source: str, out: Path, projet_location: 
     storage = open_storage(source, replace(AccessOptions.from_settings(settings), connections=concurrency))
     engine = create_store(db_url or settings.database_url())
     try:
-        options = ScanOptions(concurrency=concurrency, header_bytes=settings.header_bytes, full=full)
+        options = ScanOptions(concurrency=concurrency, header_bytes=settings.header_bytes, full=full,
+                              max_unreadable_share=settings.max_unreadable_share, lease_s=settings.scan_lease_s)
         with storage:
             result = scan_storage(storage, engine, options, wrap)
     finally:

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from shapely.geometry.base import BaseGeometry
 from sqlalchemy import Engine
 
 from indexer.emprise import check_footprints, compute_emprise
-from indexer.geojson import atomic_writer, dalle_features, livrable_feature, write_feature_collection
+from indexer.geojson import dalle_features, livrable_feature, write_feature_collection
 from indexer.models import Dalle, DalleProblem, ScanResult
 from indexer.projet import Livrable, Projet
 from indexer.store import queries, records
@@ -72,7 +75,7 @@ def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
 
 def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrable: Livrable | None,
                     today: date, others: Sequence[tuple[Projet | None, Livrable | None]] = ()) -> Publication:
-    """Compute a scan's emprise and write its three files into `out`, each atomically.
+    """Compute a scan's emprise and write its three files into `out`, replaced together (`OutputSet`).
 
     A dalle that cannot be placed in WGS84 (a record of an earlier version) is published as the
     `not_georeferenced` problem it is. The files describe `livrable`; the features of `others`,
@@ -87,18 +90,91 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
     emprise = compute_emprise(dalles)
     emprise_s = time.perf_counter() - started
     feature = livrable_feature(dalles, emprise, projet, livrable, today)
+    with OutputSet(out) as files:
+        with files.open("dalles.geojson") as f:
+            write_feature_collection(f, dalle_features(dalles, projet, livrable))
+        with files.open("livrables.geojson") as f:
+            write_feature_collection(f, [feature])
+        with files.open("report.json") as f:
+            json.dump(report(result, private=livrable is not None and livrable.stockage_public is False), f,
+                      ensure_ascii=False, indent=2, allow_nan=False)
+            f.write("\n")
     paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson",
              "report": out / "report.json"}
-    with atomic_writer(paths["dalles"]) as f:
-        write_feature_collection(f, dalle_features(dalles, projet, livrable))
-    with atomic_writer(paths["livrables"]) as f:
-        write_feature_collection(f, [feature])
-    with atomic_writer(paths["report"]) as f:
-        json.dump(report(result, private=livrable is not None and livrable.stockage_public is False), f,
-                  ensure_ascii=False, indent=2, allow_nan=False)
-        f.write("\n")
     return Publication(result, paths, emprise, feature, emprise_s,
                        [livrable_feature(dalles, emprise, p, liv, today) for p, liv in others])
+
+
+RELEASES = ".releases"
+"""The folder of `out` holding each published set of files, one folder per publication."""
+CURRENT = ".current"
+"""The link of `out` naming the release being served."""
+
+
+class OutputSet:
+    """The files of one publication into `out`, replaced all together, never one without the others.
+
+    The files are written into a new folder ``out/.releases/<id>/`` (created with the process's
+    umask, so 0644 by default, and each synced to disk); then the link ``out/.current`` is
+    replaced, in one rename, to name that folder, and ``out/<name>`` is a link to
+    ``.current/<name>``. A reader opening ``out/dalles.geojson`` and then
+    ``out/livrables.geojson`` could straddle two publications; one that resolves ``out/.current``
+    once and reads the files from there always gets one set. The previous release is kept for
+    readers still on it, older ones are removed. Nothing in `out` changes when writing fails.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.release = out / RELEASES / f"{time.time_ns():020d}-{os.getpid()}"
+        self.names: list[str] = []
+
+    def __enter__(self) -> OutputSet:
+        """Create the release folder."""
+        self.release.mkdir(parents=True)
+        return self
+
+    @contextmanager
+    def open(self, name: str) -> Iterator[IO[str]]:
+        """A file of the set to write, synced to disk when the block ends."""
+        fd = os.open(self.release / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        self.names.append(name)
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """Publish the set (or forget it, when writing failed)."""
+        if kind is not None:
+            shutil.rmtree(self.release, ignore_errors=True)
+            return
+        _fsync_dir(self.release)
+        _replace_link(self.out / CURRENT, f"{RELEASES}/{self.release.name}")
+        for name in self.names:
+            link = self.out / name
+            if not (link.is_symlink() and os.readlink(link) == f"{CURRENT}/{name}"):
+                _replace_link(link, f"{CURRENT}/{name}")
+        _fsync_dir(self.out)
+        kept = sorted(p for p in (self.out / RELEASES).iterdir() if p.name < self.release.name)[-1:]
+        for old in (self.out / RELEASES).iterdir():
+            if old != self.release and old not in kept:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def _replace_link(path: Path, target: str) -> None:
+    """Make `path` a symbolic link to `target` in one rename, whatever it was."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(target, tmp)
+    os.replace(tmp, path)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _valid_dalles(engine: Engine, storage: int) -> Iterator[Dalle]:
@@ -123,9 +199,10 @@ def export_all(engine: Engine, out: Path) -> dict[str, Any]:
             yield from dalle_features(_valid_dalles(engine, storage), projet, livrable)
 
     paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson"}
-    with atomic_writer(paths["dalles"]) as f:
-        dalles = write_feature_collection(f, features())
-    with atomic_writer(paths["livrables"]) as f:
-        livrables = write_feature_collection(f, (feature for *_, feature in published))
+    with OutputSet(out) as files:
+        with files.open("dalles.geojson") as f:
+            dalles = write_feature_collection(f, features())
+        with files.open("livrables.geojson") as f:
+            livrables = write_feature_collection(f, (feature for *_, feature in published))
     log.info("exported", extra={"livrables": livrables, "dalles": dalles})
     return {"livrables": livrables, "dalles": dalles, "outputs": {k: str(v) for k, v in paths.items()}}

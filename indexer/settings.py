@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=64 * 1024, description="Largest projet document read (file or URL, decoded).")
     max_document_depth: int = Field(
         default=64, ge=8, le=1000, description="Deepest nesting of arrays and objects in a projet document.")
+    scan_lease_s: float = Field(
+        default=60.0, gt=0, description="A scan of `pcrs-indexer index` whose heartbeat (renewed every quarter of "
+                                        "this) is older counts as abandoned, its process gone.")
+    max_unreadable_share: float = Field(
+        default=0.02, ge=0, le=1, description="Share of a scan's dalles that may be unreadable (the storage "
+                                              "failing): above it, and from 3 dalles, the scan fails and the "
+                                              "last good result stays.")
     user_agent: str = "pcrs-indexer/0.1 (+https://pcrs.beta.gouv.fr)"
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -119,7 +126,7 @@ class FleetSettings(Settings):
     host_connection_cap: int = Field(
         default=4, ge=0, description="Connections to one storage host at once, all workers together; 0: no cap.")
     host_lease_s: float = Field(
-        default=30.0, gt=0, description="Life of a host connection slot whose worker stopped renewing it.")
+        default=10.0, gt=0, description="Life of a host connection slot whose worker stopped renewing it.")
     host_wait_s: float = Field(
         default=1800.0, gt=0, description="Longest wait for a host connection slot before the task is retried.")
     reindex_every: timedelta = Field(
@@ -136,10 +143,10 @@ class FleetSettings(Settings):
     task_retry_backoff_s: float = Field(default=10.0, ge=0, description="First retry delay, doubled each time.")
     task_retry_backoff_max_s: float = Field(default=600.0, ge=0, description="Longest retry delay.")
     visibility_timeout_s: int = Field(
-        default=7200, ge=1, description="Seconds before a message a lost worker took is delivered again; "
-                                        "longer than the longest task.")
+        default=30, ge=4, description="Seconds before a message a lost worker took is delivered again; a live "
+                                      "worker renews its own every quarter of this (tasks.visibility).")
     broker_restore_every_s: int = Field(
-        default=10, ge=1, description="How often workers look for messages of lost workers to deliver again.")
+        default=5, ge=1, description="How often workers look for messages of lost workers to deliver again.")
 
     @field_validator("reindex_every", "stale_after", mode="before")
     @classmethod

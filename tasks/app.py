@@ -19,13 +19,14 @@ from types import ModuleType
 from typing import Any
 
 from celery import Celery
-from celery.signals import setup_logging, worker_init
+from celery.signals import setup_logging, worker_init, worker_ready, worker_shutdown
 from rasterio.errors import NotGeoreferencedWarning
 
 from indexer.errors import ConfigError
 from indexer.settings import get_fleet_settings
 from indexer.storages.access import ScrubFilter
 from indexer.store.engine import create_store
+from tasks.visibility import VisibilityRenewer
 
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -59,8 +60,34 @@ def _json_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 @worker_init.connect
 def _migrate(**_: Any) -> None:
-    """Bring the state store's schema up to date before the worker takes messages."""
-    create_store(get_fleet_settings().database_url()).dispose()
+    """Bring the state store's schema up to date before the worker takes messages.
+
+    A worker needs the fleet's store: without ``PCRS_INDEXER_DB_URL`` it refuses to start
+    rather than work on an empty SQLite file of its own.
+    """
+    settings = get_fleet_settings()
+    if not settings.db_url:
+        logging.getLogger(__name__).critical(
+            "no state store: set PCRS_INDEXER_DB_URL to the fleet's PostgreSQL "
+            "(postgresql+psycopg://user:password@host/database)")
+        raise SystemExit(2)  # not an Exception: Celery would log it and start all the same
+    create_store(settings.database_url()).dispose()
+
+
+_renewers: list[VisibilityRenewer] = []
+
+
+@worker_ready.connect
+def _renew_visibility(**_: Any) -> None:
+    """Keep the messages this worker holds from being given back while it lives (`tasks.visibility`)."""
+    if str(app.conf.broker_url).startswith(("redis://", "rediss://", "unix://")):
+        _renewers.append(VisibilityRenewer(app, get_fleet_settings().visibility_timeout_s / 4).start())
+
+
+@worker_shutdown.connect
+def _stop_renewing(**_: Any) -> None:
+    while _renewers:
+        _renewers.pop().stop()
 
 
 def load_config(path: Path) -> ModuleType:

@@ -27,6 +27,13 @@ result_expires = 24 * 3600
 result_extended = False
 task_track_started = True
 task_default_queue = "pcrs"
+# Control tasks have a queue of their own: a worker consuming only it (`-Q pcrs.control`) runs
+# them even while every process of the others reads a slow storage. A worker started without
+# -Q consumes both queues.
+task_queues = {name: {"exchange": name, "exchange_type": "direct", "routing_key": name}
+               for name in ("pcrs", "pcrs.control")}
+task_routes = {name: {"queue": "pcrs.control"} for name in (
+    "pcrs.watchdog", "pcrs.reindex_due", "pcrs.finalize_scan", "pcrs.publish", "pcrs.requeue")}
 
 # At-least-once: a task is acknowledged once it ran; a worker that dies gives its message back.
 task_acks_late = True
@@ -37,7 +44,8 @@ broker_connection_retry_on_startup = True
 broker_connection_max_retries = None
 broker_transport_options = {
     # A message taken by a worker that vanished (kill -9, lost machine) is delivered again after
-    # this long: longer than the longest chunk, and than the longest retry countdown.
+    # this long; a live worker renews the messages it holds (tasks.visibility), however long
+    # its tasks and retry countdowns.
     "visibility_timeout": _settings.visibility_timeout_s,
     "unacked_restore_interval": _settings.broker_restore_every_s,
     "unacked_restore_throttle": 1,

@@ -31,6 +31,7 @@ from datetime import date
 from typing import Any
 
 import kombu.exceptions
+import kombu.utils.url
 import redis
 import sqlalchemy.exc
 from celery import Task
@@ -38,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Engine
 
 from indexer.errors import (
+    BrokerUnreachable,
     ConfigError,
     ForbiddenAddress,
     IndexerError,
@@ -56,14 +58,15 @@ from indexer.storages import AccessOptions, Storage, open_storage
 from indexer.store import queries
 from indexer.store.engine import create_store
 from indexer.store.queries import ScanTarget
-from indexer.store.scans import release_finalize
+from indexer.store.scans import release_finalize, unclaim_scan
 from tasks.app import app
 from tasks.limiter import HostLimiter, limited
 
 log = logging.getLogger(__name__)
 
 PERMANENT: tuple[type[Exception], ...] = (ForbiddenAddress, ListingLimitReached, InvalidSource, ConfigError)
-"""Failures a retry cannot mend: the scan ends as failed at once."""
+"""Failures a retry cannot mend: the scan ends as failed at once (so does a `StorageUnreachable`
+marked ``permanent``: a missing root, a refused login, a TLS error)."""
 TRANSIENT: tuple[type[Exception], ...] = (
     StorageUnreachable, redis.RedisError, kombu.exceptions.OperationalError,
     sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)
@@ -129,10 +132,14 @@ def _guarded(task: Task, scan: int, work: Callable[[], dict[str, Any]],
     except TRANSIENT as exc:
         if on_error is not None:
             on_error()
-        if task.request.retries < get_fleet_settings().task_max_retries:
+        if isinstance(exc, StorageUnreachable) and exc.permanent:
+            return failed(str(exc))
+        max_retries = get_fleet_settings().task_max_retries
+        if task.request.retries < max_retries:
             log.info("transient failure, retrying", extra={"task": task.name, "scan": scan, "error": str(exc),
                                                           "retries": task.request.retries})
-            raise task.retry(exc=exc, countdown=_backoff(task.request.retries)) from exc
+            # Celery's own limit (3 unless told) would re-raise before the scan is ended as failed.
+            raise task.retry(exc=exc, countdown=_backoff(task.request.retries), max_retries=max_retries) from exc
         if isinstance(exc, StorageUnreachable):
             return failed(str(exc))
         raise  # the store or the broker is down: the watchdog requeues the scan once it is back
@@ -155,10 +162,27 @@ def dispatch_reading(scan: int, chunks: Iterable[int]) -> int:
     return len(pending) or 1
 
 
-def enqueue_scans(scans: Iterable[int]) -> None:
-    """Send the message starting each queued scan."""
-    for scan in scans:
-        scan_storage.delay(scan)
+SEND_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 2.0}
+"""How long a door tries to send a message to a broker that does not answer: a few seconds, not forever."""
+
+
+def enqueue_scans(engine: Engine, scans: Iterable[int]) -> None:
+    """Send the message starting each queued scan.
+
+    A scan whose message cannot be sent (the broker unreachable after `SEND_RETRY_POLICY`) is
+    taken back (`unclaim_scan`), with every later one, and `BrokerUnreachable` raised: nothing
+    stays queued that no message will start.
+    """
+    pending = list(scans)
+    for n, scan in enumerate(pending):
+        try:
+            scan_storage.apply_async((scan,), retry=True, retry_policy=SEND_RETRY_POLICY, ignore_result=True)
+        except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as exc:
+            for taken_back in pending[n:]:
+                unclaim_scan(engine, taken_back)
+            url = kombu.utils.url.maybe_sanitize_url(get_fleet_settings().broker_url)
+            unsent = ", ".join(map(str, pending[n:]))
+            raise BrokerUnreachable(f"cannot reach the broker at {url} ({exc}): scan {unsent} not queued") from exc
 
 
 class PublishRequest(BaseModel):
@@ -188,7 +212,7 @@ def publish(projet: dict[str, Any] | str, livrable: str | None = None, full: boo
                                   settings.secret_box())
     except (LivrableNotFound, ConfigError) as exc:
         return {"queued": [], "refused": [str(exc)], "skipped": []}
-    enqueue_scans(q.scan for q in queued if q.scan is not None)
+    enqueue_scans(engine(), [q.scan for q in queued if q.scan is not None])
     return queueing.publish_summary(queued)
 
 
@@ -209,7 +233,7 @@ def requeue(storage_id: int, full: bool = False) -> dict[str, Any]:
         scan = queueing.queue_scan(engine(), int(storage_id), Trigger.REQUEUE, bool(full))
     except ScanRunning as exc:
         return {"storage": storage_id, "scan": None, "refused": str(exc)}
-    enqueue_scans([scan])
+    enqueue_scans(engine(), [scan])
     return {"storage": storage_id, "scan": scan}
 
 
@@ -263,8 +287,9 @@ def finalize_scan(self: Task, scan_id: int) -> dict[str, Any]:
 
     def work() -> dict[str, Any]:
         with open_target(target) as storage:
-            published = stages.finalize_scan(engine(), storage, target, get_fleet_settings().outputs_dir(),
-                                             date.today())
+            settings = get_fleet_settings()
+            published = stages.finalize_scan(engine(), storage, target, settings.outputs_dir(), date.today(),
+                                             settings.max_unreadable_share)
         if published is None:
             return {"scan": scan_id, "status": "not ready or already finalised"}
         return {"scan": scan_id, "status": "succeeded", "storage": published.storage, "dalles": published.dalles,
@@ -290,6 +315,6 @@ def reindex_due() -> dict[str, Any]:
     """Queue a scan of each published storage not scanned for ``PCRS_INDEXER_REINDEX_EVERY``."""
     settings = get_fleet_settings()
     queued = queueing.queue_due(engine(), settings.reindex_every.total_seconds(), settings.reindex_batch)
-    enqueue_scans(q.scan for q in queued if q.scan is not None)
+    enqueue_scans(engine(), [q.scan for q in queued if q.scan is not None])
     return {"queued": [{"storage": q.storage, "scan": q.scan} for q in queued]}
 

@@ -14,19 +14,39 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from tqdm import tqdm
 
 from indexer import secrets
-from indexer.cli.options import db_option, open_store, writable_folder
-from indexer.errors import ScanRunning
+from indexer.cli.options import db_option, writable_folder
+from indexer.cli.options import open_store as open_any_store
+from indexer.errors import ConfigError, ScanRunning
 from indexer.models import Trigger
 from indexer.projet import load_projet
 from indexer.publish import export_all
 from indexer.service import queueing
 from indexer.settings import get_settings
 from indexer.storages import AccessOptions
-from indexer.store import queries
+from indexer.store import queries, scans
 from indexer.store.engine import migrate, schema_revision
+
+
+def open_store(db_url: str | None) -> Engine:
+    """The fleet's state store (`--db`, else ``PCRS_INDEXER_DB_URL``); never a new empty one.
+
+    Without either, the default SQLite file of ``pcrs-indexer index`` is opened only if it
+    exists: a fleet command run where the fleet's settings are missing must not create an empty
+    store and report nothing from it.
+    """
+    settings = get_settings()
+    if not db_url and not settings.db_url:
+        url = settings.database_url()
+        path = make_url(url).database
+        if path is None or not Path(path).expanduser().exists():
+            raise ConfigError(f"no state store: set PCRS_INDEXER_DB_URL (the fleet's PostgreSQL) or --db; "
+                              f"the default SQLite store {path} does not exist")
+    return open_any_store(db_url)
 
 
 @click.command()
@@ -46,9 +66,10 @@ def publish(projet_location: str, livrable_name: str | None, full: bool,
     settings = get_settings()
     projet = load_projet(projet_location, AccessOptions.from_settings(settings),
                          settings.projet_token(projet_location))
-    queued = queueing.publish(open_store(db_url), projet, livrable_name, tasks.jobs.storage_url, full,
-                              settings.secret_box())
-    tasks.jobs.enqueue_scans(q.scan for q in queued if q.scan is not None)
+    engine = open_store(db_url)
+    queued = queueing.publish(engine, projet, livrable_name, tasks.jobs.storage_url, full, settings.secret_box(),
+                              lease_s=settings.scan_lease_s)
+    tasks.jobs.enqueue_scans(engine, [q.scan for q in queued if q.scan is not None])
     for q in queued:
         if q.scan is not None:
             click.echo(f"livrable {q.livrable!r}: scan {q.scan} of storage {q.storage} ({q.url}) queued", err=True)
@@ -121,6 +142,8 @@ def status(storage_ref: str, watch: bool, interval: float, as_json: bool,
     """Show where the latest scan of STORAGE (id or URL) is: step, counts listed, read, reused, skipped."""
     engine = open_store(db_url)
     storage = queries.resolve_storage(engine, storage_ref)
+    lease_s = get_settings().scan_lease_s
+    scans.end_abandoned(engine, storage, lease_s)  # a killed `index` shows as failed, not running
     current = queries.progress(engine, storage)
     if watch and current.active:
         with tqdm(total=current.to_read, desc=current.step or "queued", unit="dalle", file=sys.stderr) as bar:
@@ -131,6 +154,7 @@ def status(storage_ref: str, watch: bool, interval: float, as_json: bool,
                 bar.set_postfix(listed=current.listed, reused=current.reused, skipped=current.skipped)
                 bar.refresh()
                 time.sleep(interval)
+                scans.end_abandoned(engine, storage, lease_s)
                 current = queries.progress(engine, storage)
             bar.n = current.read
             bar.refresh()
@@ -162,14 +186,14 @@ def requeue(storage_ref: str | None, all_storages: bool, failed_only: bool, full
         targets = [row.id for row in queries.storage_rows(engine, failed_only=failed_only)]
     for storage in targets:
         try:
-            scan = queueing.queue_scan(engine, storage, Trigger.REQUEUE, full)
+            scan = queueing.queue_scan(engine, storage, Trigger.REQUEUE, full, get_settings().scan_lease_s)
         except ScanRunning as exc:
             if storage_ref is not None:
                 raise
             refused.append(str(exc))
             click.echo(f"pcrs-indexer: {exc}", err=True)
             continue
-        tasks.jobs.enqueue_scans([scan])
+        tasks.jobs.enqueue_scans(engine, [scan])
         queued.append({"storage": storage, "scan": scan})
         click.echo(f"scan {scan} of storage {storage} queued", err=True)
     click.echo(json.dumps({"queued": queued, "refused": refused}, ensure_ascii=False))
@@ -213,10 +237,10 @@ def db() -> None:
 @db_option
 def upgrade(db_url: str | None) -> None:
     """Migrate the state store to the latest schema (Alembic; workers also do it when they start)."""
-    engine = open_store(db_url)
+    engine = open_any_store(db_url)  # creates the store if need be, and says which
     migrate(engine)
     revision = schema_revision(engine)
-    click.echo(f"state store at revision {revision}", err=True)
+    click.echo(f"state store {engine.url.render_as_string(hide_password=True)} at revision {revision}", err=True)
 
 
 @db.command("new-key")

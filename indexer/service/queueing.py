@@ -48,9 +48,14 @@ class Queued:
             f"storage {self.storage} ({self.url}) is already being scanned"
 
 
-def queue_scan(engine: Engine, storage: int, trigger: str, full: bool = False) -> int:
-    """Queue a scan of a storage; raises `ScanRunning` when one is queued or running already."""
-    scan = scans.claim_scan(engine, storage, trigger, full)
+def queue_scan(engine: Engine, storage: int, trigger: str, full: bool = False,
+               lease_s: float = scans.INDEX_LEASE_S) -> int:
+    """Queue a scan of a storage; raises `ScanRunning` when one is queued or running already.
+
+    A scan of ``pcrs-indexer index`` whose process is gone (no heartbeat for `lease_s`) does not
+    count: it is ended as failed.
+    """
+    scan = scans.claim_scan(engine, storage, trigger, full, lease_s)
     if scan is None:
         running = queries.active_scan(engine, storage)
         raise ScanRunning(f"storage {storage} is already being scanned (scan {running}): "
@@ -59,7 +64,7 @@ def queue_scan(engine: Engine, storage: int, trigger: str, full: bool = False) -
 
 
 def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_url: Callable[[str], str],
-            full: bool = False, box: SecretBox | None = None) -> list[Queued]:
+            full: bool = False, box: SecretBox | None = None, lease_s: float = scans.INDEX_LEASE_S) -> list[Queued]:
     """Record the livrables of a projet that have dalles to scan, and queue a scan of each.
 
     Args:
@@ -71,6 +76,7 @@ def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_u
         full: read every dalle again instead of reusing unchanged ones.
         box: seals the credentials of a stockage that has some; without a key such a livrable
             refuses the projet.
+        lease_s: a scan of ``pcrs-indexer index`` without heartbeat for so long is abandoned.
 
     All or nothing: every livrable is checked before anything is recorded, and one whose
     stockage makes no storage URL refuses the whole projet (`ConfigError`, one line giving each
@@ -89,7 +95,7 @@ def publish(engine: Engine, projet: Projet, livrable_name: str | None, storage_u
     for livrable, url, source, sealed in planned:
         storage = catalog.publish_livrable(engine, url, source, sealed, key, livrable.nom,
                                            published_document(projet, livrable))
-        scan = scans.claim_scan(engine, storage, Trigger.PUBLISH, full)
+        scan = scans.claim_scan(engine, storage, Trigger.PUBLISH, full, lease_s)
         queued.append(Queued(storage, url, scan, livrable.nom))
         log.info("livrable published", extra={"storage": url, "livrable": livrable.nom, "scan": scan})
     for q in skipped:

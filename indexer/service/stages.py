@@ -30,7 +30,7 @@ from sqlalchemy import Engine
 from indexer.emprise import check_footprints
 from indexer.errors import StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileRole, Record, ScanResult, SkipReason
-from indexer.pipeline import ScanOptions, read_all, split_reusable
+from indexer.pipeline import ScanOptions, check_result, read_all, split_reusable
 from indexer.projet import Livrable, Projet
 from indexer.publish import publish_outputs
 from indexer.read import place_proprietary
@@ -166,12 +166,13 @@ def _place(engine: Engine, storage: Storage, target: ScanTarget,
 
 
 def finalize_scan(engine: Engine, storage: Storage, target: ScanTarget, output_dir: Path,
-                  today: date) -> Published | None:
+                  today: date, max_unreadable_share: float = 0.02) -> Published | None:
     """Aggregate a scan whose chunks are all in, write its storage's files, and end it as succeeded.
 
     Only one caller gets past the claim; it writes ``output_dir/<storage id>/`` (each file
     atomically) and then commits the records, exactly once. Returns None when the scan was not
-    ready, or was finalised by another worker.
+    ready, or was finalised by another worker. Raises `ScanUnreliable` (by `check_result`), having
+    written nothing, when the result must not replace the last good one.
     """
     if not scans.claim_finalize(engine, target.scan):
         return None
@@ -192,6 +193,7 @@ def finalize_scan(engine: Engine, storage: Storage, target: ScanTarget, output_d
         reused_paths=frozenset(r.path for r in kept if r.path not in read),
         duration_s=(now() - started).total_seconds(),
     )
+    check_result(result, scans.last_good_dalles(engine, target.storage), max_unreadable_share)
     published = _livrables(engine, target.storage)
     primary = next((p for p in published if p[2] is not None and p[2].stockage_public is False),
                    published[0] if published else (None, None, None))

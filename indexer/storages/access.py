@@ -350,7 +350,7 @@ def _backoff(policy: RetryPolicy, what: str, exc: Exception, attempt: int, class
         delay = max(delay, min(failure.retry_after_s, policy.retry_after_max_s))
     tries = f" ({attempt + 1} attempts)" if attempt else ""
     if not failure.transient or attempt >= policy.retries:
-        raise ReadError(what, failure.detail + tries) from exc
+        raise ReadError(what, failure.detail + tries, permanent=not failure.transient) from exc
     if delay >= remaining_s:
         raise ReadError(what, f"{failure.detail}{tries}; no retry: it would end past the {policy.deadline_s:g} s "
                               "deadline (timeout_s × (retries + 1))") from exc

@@ -145,10 +145,11 @@ def listing_failure(url: str, where: str, exc: BaseException) -> BaseException:
     if isinstance(exc, ForbiddenAddress):
         return ForbiddenAddress(f"cannot list {url}: {exc}")
     if isinstance(exc, ReadError):
-        return StorageUnreachable(prefix + exc.detail)
+        return StorageUnreachable(prefix + exc.detail, permanent=exc.permanent)
     if isinstance(exc, FileNotFoundError):
         how = exc.how if isinstance(exc, NotFound) else ""
-        return StorageUnreachable(prefix + (f"not found ({how})" if how else "not found"))
+        # A root that does not exist stays so; a folder gone during the listing may be back.
+        return StorageUnreachable(prefix + (f"not found ({how})" if how else "not found"), permanent=not where)
     return exc
 
 

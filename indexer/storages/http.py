@@ -77,6 +77,10 @@ def classify_http(exc: BaseException) -> Failure:
         return Failure(transient, f"HTTP {exc.status} {exc.message}".strip(), retry_after)
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return Failure(True, "timed out")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return Failure(False, f"TLS certificate not trusted: {exc.certificate_error}")
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return Failure(False, f"TLS error: {exc.os_error}")
     if isinstance(exc, aiohttp.ClientConnectorError):
         return Failure(True, describe_os_error(exc.os_error))
     if isinstance(exc, aiohttp.ServerDisconnectedError):

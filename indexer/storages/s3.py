@@ -184,7 +184,7 @@ class S3Storage(Storage):
         try:
             objects = self._call(self.url, self._list)
         except FileNotFoundError:
-            raise StorageUnreachable(f"cannot list {self.url}: no such bucket") from None
+            raise StorageUnreachable(f"cannot list {self.url}: no such bucket", permanent=True) from None
         except (ReadError, ForbiddenAddress) as exc:
             raise listing_failure(self.url, "", exc) from None
         if not objects:

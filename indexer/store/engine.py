@@ -6,6 +6,9 @@ dialect's upsert, paths ordered as Python orders them.
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -62,15 +65,32 @@ def create_store(url: str) -> Engine:
     try:
         if parsed.drivername.startswith("sqlite"):
             event.listen(engine, "connect", _sqlite_pragmas)
-            metadata.create_all(engine)
-            if _revision(engine) != HEAD:  # a store of an earlier version: bring its tables up to date
-                migrate(engine)
+            with _creation_lock(parsed.database):
+                metadata.create_all(engine)
+                if _revision(engine) != HEAD:  # a store of an earlier version: bring its tables up to date
+                    migrate(engine)
         else:
             migrate(engine)
     except BaseException:
         engine.dispose()
         raise
     return engine
+
+
+@contextmanager
+def _creation_lock(database: str | None) -> Iterator[None]:
+    """Serialise the creation of a SQLite store's tables between processes (a lock file beside it):
+    two commands starting at once on a store that does not exist yet must not both create them."""
+    if database in (None, "", ":memory:"):
+        yield
+        return
+    lock = Path(database).expanduser().with_name(Path(database).name + ".lock")
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
 
 
 def migrate(engine: Engine) -> None:
@@ -130,9 +150,9 @@ def schema_revision(engine: Engine) -> str | None:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=30000")  # first: switching to WAL waits for other connections too
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
 
 

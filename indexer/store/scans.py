@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, delete, func, insert, literal, select, update
@@ -44,6 +44,9 @@ from indexer.store.schema import (
     storages,
 )
 
+INDEX_LEASE_S = 60.0
+"""How long a scan of ``pcrs-indexer index`` lives without a heartbeat before it counts as abandoned."""
+
 
 def _lock_storage(conn: Connection, storage: int) -> bool:
     """Serialise state changes of one storage until the transaction ends; False if it does not exist."""
@@ -67,13 +70,82 @@ def _drop_work(conn: Connection, scan: int) -> None:
         conn.execute(delete(table).where(table.c.scan_id == scan))
 
 
-def start_scan(engine: Engine, storage: int) -> int:
-    """Record a scan as running; returns its id."""
+def _end_abandoned(conn: Connection, storage: int, lease_s: float) -> None:
+    """End as failed the storage's scan of ``pcrs-indexer index`` (no job row) whose process stopped
+    renewing its heartbeat for `lease_s`: no worker can resume it, and it must not hold the storage."""
+    before = datetime.fromtimestamp(now().timestamp() - lease_s, UTC)
+    stale = conn.execute(select(scans.c.id, scans.c.heartbeat_at)
+                         .select_from(scans.outerjoin(scan_jobs, scan_jobs.c.scan_id == scans.c.id))
+                         .where(scans.c.storage_id == storage, scans.c.status.in_(ACTIVE_SCANS),
+                                scan_jobs.c.scan_id.is_(None), scans.c.heartbeat_at < before)).all()
+    for scan, heartbeat in stale:
+        _end_failed(conn, storage, scan, f"abandoned: its process stopped (no heartbeat since {aware(heartbeat)})")
+
+
+def _active(conn: Connection, storage: int) -> bool:
+    return conn.execute(select(scans.c.id).where(scans.c.storage_id == storage, scans.c.status.in_(ACTIVE_SCANS))
+                        .limit(1)).first() is not None
+
+
+def start_scan(engine: Engine, storage: int, lease_s: float = INDEX_LEASE_S) -> int | None:
+    """Record a scan of ``pcrs-indexer index`` as running; returns its id.
+
+    None when the storage has a scan not ended (queued for the fleet, or another ``index``): one
+    scan of a storage at a time, whoever runs it. A scan whose heartbeat stopped for `lease_s`
+    (its process was killed) is ended as failed first. The caller renews the heartbeat
+    (`touch_scan`) more often than `lease_s`.
+    """
     with engine.begin() as conn:
+        if not _lock_storage(conn, storage):
+            return None
+        _end_abandoned(conn, storage, lease_s)
+        if _active(conn, storage):
+            return None
         conn.execute(update(storages).where(storages.c.id == storage).values(status=StorageStatus.RUNNING))
         return inserted_id(conn.execute(insert(scans).values(
             storage_id=storage, status=ScanStatus.RUNNING, step=ScanStep.LISTING, started_at=now(),
             heartbeat_at=now())))
+
+
+def end_abandoned(engine: Engine, storage: int, lease_s: float = INDEX_LEASE_S) -> None:
+    """End as failed a scan of ``pcrs-indexer index`` whose process is gone (see `start_scan`)."""
+    with engine.begin() as conn:
+        if _lock_storage(conn, storage):
+            _end_abandoned(conn, storage, lease_s)
+
+
+def unclaim_scan(engine: Engine, scan: int) -> bool:
+    """Forget a queued scan whose message could not be sent, as if it had never been asked for.
+
+    Only while it is still queued; the storage's status goes back to its last ended scan's.
+    """
+    with engine.begin() as conn:
+        storage = conn.execute(select(scans.c.storage_id).where(scans.c.id == scan)).scalar()
+        if storage is None or not _lock_storage(conn, storage):
+            return False
+        row = _lock_scan(conn, scan)
+        if row is None or row.status != ScanStatus.QUEUED:
+            return False
+        conn.execute(delete(scan_jobs).where(scan_jobs.c.scan_id == scan))
+        conn.execute(delete(scans).where(scans.c.id == scan))
+        last = conn.execute(select(scans.c.status).where(scans.c.storage_id == storage)
+                            .order_by(scans.c.id.desc()).limit(1)).scalar()
+        if last == ScanStatus.FAILED:
+            previous = StorageStatus.FAILED
+        else:
+            previous = StorageStatus.OK if _succeeded_once(conn, storage) else StorageStatus.NEW
+        conn.execute(update(storages).where(storages.c.id == storage).values(status=previous))
+        return True
+
+
+def _succeeded_once(conn: Connection, storage: int) -> bool:
+    return conn.execute(select(storages.c.last_success_at).where(storages.c.id == storage)).scalar() is not None
+
+
+def last_good_dalles(engine: Engine, storage: int) -> int:
+    """Valid dalles of the storage's last good result (0 for a storage never scanned)."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(storages.c.dalles).where(storages.c.id == storage)).scalar() or 0)
 
 
 def update_scan(engine: Engine, scan: int, **values: Any) -> None:
@@ -110,13 +182,17 @@ def finish_scan(engine: Engine, storage: int, scan: int, dalles: list[Dalle], pr
             status=StorageStatus.OK, last_success_at=now(), last_error=None, dalles=len(dalles), skipped=len(problems)))
 
 
-def claim_scan(engine: Engine, storage: int, trigger: str, full: bool) -> int | None:
-    """Queue a scan of a storage, unless one is already queued or running (then None)."""
+def claim_scan(engine: Engine, storage: int, trigger: str, full: bool, lease_s: float = INDEX_LEASE_S) -> int | None:
+    """Queue a scan of a storage, unless one is already queued or running (then None).
+
+    A scan of ``pcrs-indexer index`` whose process is gone (no heartbeat for `lease_s`) is ended
+    as failed first, so that it does not hold the storage forever.
+    """
     with engine.begin() as conn:
         if not _lock_storage(conn, storage):
             return None
-        if conn.execute(select(scans.c.id).where(scans.c.storage_id == storage, scans.c.status.in_(ACTIVE_SCANS))
-                        .limit(1)).first() is not None:
+        _end_abandoned(conn, storage, lease_s)
+        if _active(conn, storage):
             return None
         at = now()
         scan = inserted_id(conn.execute(insert(scans).values(

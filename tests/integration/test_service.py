@@ -143,9 +143,9 @@ def nginx(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
         server.stop()
 
 
-def throttled(rate: int) -> str:
-    """nginx directives delaying requests beyond `rate` per second (none refused)."""
-    return f"limit_req_zone $server_port zone=slow:1m rate={rate}r/s; limit_req zone=slow burst=100000;"
+def throttled(rate: int, per: str = "s") -> str:
+    """nginx directives delaying requests beyond `rate` per second (or per minute, `per="m"`), none refused."""
+    return f"limit_req_zone $server_port zone=slow:1m rate={rate}r/{per}; limit_req zone=slow burst=100000;"
 
 
 def test_publish_gives_the_outputs_of_index(service: Service, engine: Engine, sample_livrable: Path,
@@ -204,10 +204,15 @@ def test_two_workers_share_a_big_livrable(service: Service, engine: Engine, big_
             rows["livrable"]) == (1, big_livrable.as_uri(), "ok", BIG, 0, None, "Ortho 2025")
 
 
+RECOVERY_S = 60.0
+"""Longest time a scan interrupted by a dead worker may take to end once another worker runs."""
+
+
 def test_a_worker_killed_mid_scan(service: Service, engine: Engine, big_livrable: Path, big_reference: Path,
                                   nginx: Callable[..., Nginx], tmp_path: Path) -> None:
     server = nginx(big_livrable, throttled(150))
-    service.configure(visibility_timeout_s=4)
+    # The defaults a deployment has: no watchdog run, only the workers' own recovery.
+    service.configure(visibility_timeout_s=30, broker_restore_every_s=5, host_lease_s=10)
     first = service.worker()
     service.cli("publish", str(projet_file(tmp_path, server.url + "/")))
     wait_until(lambda: progress(engine).chunks_done >= 3, 60, "three chunks stored")
@@ -215,7 +220,11 @@ def test_a_worker_killed_mid_scan(service: Service, engine: Engine, big_livrable
     killed_at = progress(engine)
     assert killed_at.status == "running" and killed_at.chunks_done < 20
     second = service.worker()
-    done = wait_scan(engine)
+    available = time.monotonic()
+    done = wait_scan(engine, timeout=RECOVERY_S + 30)
+    recovery = time.monotonic() - available
+    print(f"scan ended {recovery:.1f} s after a worker replaced the one killed")
+    assert recovery < RECOVERY_S
     assert (done.read, done.reused, done.skipped, done.chunks, done.chunks_done) == (BIG, 0, 0, 20, 20)
     assert sorted(set(chunks_read(first)) | set(chunks_read(second))) == list(range(20))
     same_outputs(big_reference, service.output_dir / "1", same_source=False)
@@ -228,15 +237,19 @@ def test_a_worker_killed_mid_scan(service: Service, engine: Engine, big_livrable
 def test_redis_restarted_mid_scan(service: Service, engine: Engine, big_livrable: Path, big_reference: Path,
                                   nginx: Callable[..., Nginx], tmp_path: Path) -> None:
     server = nginx(big_livrable, throttled(150))
-    service.configure(visibility_timeout_s=4, watchdog_every_s=1, stale_after=6)
+    # The defaults a deployment has, and no beat: the workers recover on their own.
+    service.configure(visibility_timeout_s=30, broker_restore_every_s=5, host_lease_s=10)
     service.worker()
     service.worker()
-    service.beat()
     service.cli("publish", str(projet_file(tmp_path, server.url + "/")))
     wait_until(lambda: progress(engine).chunks_done >= 3, 60, "three chunks stored")
     service.redis.restart(down_s=1.0)
+    back = time.monotonic()
     assert progress(engine).chunks_done < 20
-    done = wait_scan(engine, timeout=180)
+    done = wait_scan(engine, timeout=RECOVERY_S + 30)
+    recovery = time.monotonic() - back
+    print(f"scan ended {recovery:.1f} s after Redis came back")
+    assert recovery < RECOVERY_S
     assert (done.read, done.reused, done.skipped, done.chunks, done.chunks_done) == (BIG, 0, 0, 20, 20)
     same_outputs(big_reference, service.output_dir / "1", same_source=False)
     paths = record_paths(engine)
@@ -252,7 +265,7 @@ def flat_livrable(root: Path, count: int) -> Path:
 
 
 def test_requeue_and_status(service: Service, engine: Engine, nginx: Callable[..., Nginx], tmp_path: Path) -> None:
-    server = nginx(flat_livrable(tmp_path / "flat", 10), throttled(1))
+    server = nginx(flat_livrable(tmp_path / "flat", 10), throttled(30, "m"))  # 20 s of reading, even under load
     url = server.url + "/"
     service.configure(chunk_size=3)
     service.cli("publish", str(projet_file(tmp_path, url)))

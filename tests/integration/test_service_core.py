@@ -339,7 +339,7 @@ def test_migrations_build_the_schema_of_the_code(postgres_server: PostgresServer
         schema.metadata.create_all(old, tables=[schema.storages, schema.scans, schema.crs_table, schema.records])
         result = CliRunner().invoke(main, ["db", "upgrade", "--db", f"sqlite:///{tmp_path / 'old.sqlite'}"])
         assert result.exit_code == 0, result.output
-        assert result.stderr == f"state store at revision {HEAD}\n"
+        assert result.stderr == f"state store sqlite:///{tmp_path / 'old.sqlite'} at revision {HEAD}\n"
         assert set(described_schema(old)) == {t.name for t in schema.metadata.sorted_tables}
     finally:
         for engine in (*migrated, created, old):

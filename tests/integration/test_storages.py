@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from indexer.cli import main
+from indexer.errors import ScanUnreliable
 from indexer.projet import Livrable, livrable_source
 from indexer.read.formats import raster_mime
 from indexer.sample import write_dalle
@@ -176,13 +177,15 @@ def test_s3_lists_with_one_request_and_reads_each_dalle_once(served: Served, aws
 
 
 def test_s3_keyed_bucket_refuses_anonymous_reads(served: Served, aws_env: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    summary = index_to(settings_for(served, tmp_path), served.sources()["s3-keyed"], tmp_path / "out")
-    assert (summary["indexed"], summary["skipped"]) == (0, 22)
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
-    unreadable = [s for s in report["skipped"] if s["reason"] == "unreadable"]
-    assert len(unreadable) == 21  # every raster but the 0-byte one, known empty from the listing
-    assert unreadable[0] == {"path": "anomalies/illisible.tif", "reason": "unreadable",
-                             "detail": "anomalies/illisible.tif: access denied (Forbidden)"}
+    # Listed, but every raster but the 0-byte one (known empty from the listing) is refused: the
+    # scan fails rather than publish an empty livrable.
+    with pytest.raises(ScanUnreliable) as failed:
+        index_to(settings_for(served, tmp_path), served.sources()["s3-keyed"], tmp_path / "out")
+    assert str(failed.value) == (
+        f"cannot read s3://{KEYED_BUCKET}/livrable?endpoint_url={served.s3.url}: 21 of 22 dalles unreadable "
+        "(more than 2%, the max_unreadable_share setting), anomalies/illisible.tif: access denied (Forbidden); "
+        "the last good result is kept")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("name", ["apache-fancy", "apache-table", "lighttpd"])
@@ -550,7 +553,7 @@ def test_a_password_never_shows(served: Served, cli_env: pytest.MonkeyPatch, aws
         result = CliRunner().invoke(main, ["-vv", "index", source, "--out", str(out), "--db",
                                            f"sqlite:///{tmp_path / 'state.sqlite'}"])
         texts += [result.stdout, result.stderr]
-        texts += [p.read_text() for p in out.glob("*")] if out.exists() else []
+        texts += [p.read_text() for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert [json.loads(t)["source"] for t in texts if t.startswith('{"source": "')] == [
         f"ftp://pcrs:***@{served.ftp.host}/livrable", f"sftp://{SFTP_USER}:***@{served.sshd.host}{served.livrable}",
         f"ftps://pcrs:***@{served.ftps.host}/livrable", f"http://reader:***@127.0.0.1:{served.nginx.port}/livrable/",

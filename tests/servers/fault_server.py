@@ -2,6 +2,7 @@
 
     python tests/fault_server.py ROOT PORT --log FILE [--fail-first N] [--stall PREFIX] [--redirect URL]
                                  [--redirect-status N] [--silent] [--hostile MODE] [--host ADDRESS]
+                                 [--down-while FILE]
 
 It serves ROOT like ``python -m http.server`` (a bare list of links), except that:
 
@@ -11,6 +12,8 @@ It serves ROOT like ``python -m http.server`` (a bare list of links), except tha
 - ``--silent``: connections are accepted and never answered at all, not even an FTP or SSH banner;
 - ``--hostile MODE``: every GET answers as `HOSTILE` says (generated bodies, nothing read from disk
   but ROOT's files and their nginx-style listings).
+- ``--down-while FILE``: while FILE exists, every file (not folder) whose path starts with what FILE
+  holds (every file when it is empty) gets ``503 Service Unavailable``: a storage failing halfway.
 
 Every request is logged as ``method|path|status|0|`` to FILE, 0 as the status of a stalled one.
 """
@@ -39,6 +42,7 @@ class FaultyHandler(SimpleHTTPRequestHandler):
     redirect: str | None = None
     redirect_status = 302
     hostile: str | None = None
+    down_while: Path | None = None
     log_path: Path
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -62,13 +66,22 @@ class FaultyHandler(SimpleHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
             return True
-        if count <= self.fail_first:
+        if self._down() or count <= self.fail_first:
             self._record(503)
             self.send_response(503)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return True
         return False
+
+    def _down(self) -> bool:
+        if self.down_while is None or self.path.endswith("/"):
+            return False
+        try:
+            prefix = self.down_while.read_text().strip()
+        except FileNotFoundError:
+            return False
+        return self.path.startswith(prefix)
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         if self.hostile is not None and not self._fault():
@@ -305,6 +318,7 @@ def main() -> None:
     parser.add_argument("--silent", action="store_true")
     parser.add_argument("--hostile", choices=sorted(HOSTILE))
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--down-while", type=Path)
     args = parser.parse_args()
     args.log.touch()
     if args.silent:
@@ -315,6 +329,7 @@ def main() -> None:
     FaultyHandler.redirect = args.redirect
     FaultyHandler.redirect_status = args.redirect_status
     FaultyHandler.hostile = args.hostile
+    FaultyHandler.down_while = args.down_while
     FaultyHandler.log_path = args.log
     server = ThreadingHTTPServer((args.host, args.port), partial(FaultyHandler, directory=str(args.root)))
     server.daemon_threads = True

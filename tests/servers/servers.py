@@ -16,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 
 def free_port() -> int:
@@ -151,6 +153,22 @@ def public_folder(prefix: str = "pcrs-served-") -> Path:
     folder = Path(tempfile.mkdtemp(prefix=prefix))
     folder.chmod(0o755)
     return folder
+
+
+S = TypeVar("S")
+
+
+def settled(read: Callable[[], S], still_s: float = 0.2, timeout_s: float = 5.0) -> S:
+    """What `read` returns once it stayed the same for `still_s` (a server's log being written), bounded."""
+    seen = read()
+    still_since = time.monotonic()
+    deadline = still_since + timeout_s
+    while time.monotonic() - still_since < still_s and time.monotonic() < deadline:
+        time.sleep(0.05)
+        again = read()
+        if again != seen:
+            seen, still_since = again, time.monotonic()
+    return seen
 
 
 def _access_log(path: Path) -> list[Request]:
@@ -305,14 +323,7 @@ mimetype.assign = (".tif" => "image/tiff", ".jp2" => "image/jp2", ".txt" => "tex
 
     def requests(self) -> list[Request]:
         """Every request logged so far, once the log pipe has settled."""
-        seen = _access_log(self.log)
-        for _ in range(20):
-            time.sleep(0.05)
-            again = _access_log(self.log)
-            if again == seen:
-                break
-            seen = again
-        return seen
+        return settled(lambda: _access_log(self.log))
 
 
 _HTTP_SERVER_LINE = re.compile(r'"(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})')
@@ -346,9 +357,11 @@ class FaultyHTTP(_HTTPProcess):
 
     def __init__(self, root: Path, workdir: Path, *, fail_first: int = 0, stall: str | None = None,
                  redirect: str | None = None, redirect_status: int = 302, silent: bool = False,
-                 hostile: str | None = None) -> None:
+                 hostile: str | None = None, down_while: Path | None = None) -> None:
         super().__init__(root, workdir, "requests.log")
         self.options = ["--fail-first", str(fail_first), "--redirect-status", str(redirect_status)]
+        if down_while is not None:
+            self.options += ["--down-while", str(down_while)]
         if stall is not None:
             self.options += ["--stall", stall]
         if redirect is not None:
@@ -521,7 +534,14 @@ ExtendedLog {self.log} ALL counted
         return self
 
     def commands(self) -> list[FTPCommand]:
-        """Every command logged so far, in order."""
+        """Every command logged so far, in order, once the log has settled.
+
+        ProFTPD logs a command after its reply (``221`` before the ``QUIT`` line): a client that
+        saw the reply may read the log before the line is there.
+        """
+        return settled(self._commands)
+
+    def _commands(self) -> list[FTPCommand]:
         if not self.log.exists():
             return []
         out = []

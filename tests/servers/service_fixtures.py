@@ -250,11 +250,11 @@ class Service:
         for name, value in settings.items():
             self.env[f"PCRS_INDEXER_{name.upper()}"] = str(value)
 
-    def worker(self, concurrency: int = 1, wait: bool = True) -> CeleryProcess:
-        """Start a worker (prefork pool of `concurrency` processes)."""
+    def worker(self, concurrency: int = 1, wait: bool = True, queues: str = "pcrs,pcrs.control") -> CeleryProcess:
+        """Start a worker (prefork pool of `concurrency` processes) consuming `queues`."""
         name = f"w{next(self._names)}"
         worker = CeleryProcess(name, ["worker", "-P", "prefork", "-c", str(concurrency), "-n", f"{name}@%h",
-                                      "-Q", "pcrs", "--without-gossip", "--without-mingle", "-l", "INFO"],
+                                      "-Q", queues, "--without-gossip", "--without-mingle", "-l", "INFO"],
                                dict(self.env), self.workdir / f"{name}.log").start()
         self.processes.append(worker)
         return worker.wait_ready() if wait else worker
