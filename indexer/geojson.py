@@ -1,8 +1,8 @@
 """The GeoJSON of the PCRS data API: the features of `dalles.geojson` and `livrables.geojson`.
 
-Every output property name is spelled here and nowhere else. Features are written one at a time
-to a temporary file renamed into place, so a reader never sees half a file and millions of
-dalles need no list in memory.
+Every output property name is spelled here and nowhere else. Features are streamed one at a time
+into an open file (`indexer.publish.OutputSet` places the files), so millions of dalles need no
+list in memory.
 """
 
 from __future__ import annotations
