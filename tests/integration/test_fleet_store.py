@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from indexer.store.engine import HEAD
 from tests.servers.service_fixtures import REPO, VENV_BIN
 
 
@@ -28,7 +29,7 @@ def test_fleet_commands_refuse_to_create_an_empty_store(tmp_path: Path) -> None:
     # `db upgrade` creates it, and says which store it is.
     created = subprocess.run([str(VENV_BIN / "pcrs-indexer"), "db", "upgrade"], env=env, cwd=tmp_path,
                              capture_output=True, text=True, timeout=60)
-    assert created.stderr == f"state store sqlite:///{tmp_path / 'data' / 'pcrs-indexer.sqlite'} at revision 0002\n"
+    assert created.stderr == f"state store sqlite:///{tmp_path / 'data' / 'pcrs-indexer.sqlite'} at revision {HEAD}\n"
     listed = subprocess.run([str(VENV_BIN / "pcrs-indexer"), "storages", "--json"], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60)
     assert (listed.returncode, listed.stdout) == (0, "")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select
 
+from indexer import secrets
 from indexer.sample import write_dalle
 from indexer.store import schema
 from indexer.store.engine import create_store
@@ -103,7 +104,7 @@ def test_permanent_failures_fail_at_once_transient_ones_after_the_retries(
         "sftp login": f"sftp://{SFTP_USER}:wrong-Pass@{sshd.host}{served / 'livrable'}",
         "refused": f"http://127.0.0.1:{closed}/livrable/",
     }
-    service.configure(retries=0, task_max_retries=4, timeout_s=5)
+    service.configure(retries=0, task_max_retries=4, timeout_s=5, secret_key=secrets.new_key())
     worker = service.worker(concurrency=2)
     queued = service.cli_json("publish", str(projet_of(tmp_path, urls)))["queued"]
     assert [q["livrable"] for q in queued] == list(urls)
@@ -235,7 +236,7 @@ def test_a_killed_index_leaves_no_scan_running_forever(service: Service, engine:
     watched = json.loads(out)
     assert (watched["scan"], watched["status"]) == (1, "failed")
     assert watched["error"].startswith("abandoned: its process stopped (no heartbeat since ")
-    assert time.monotonic() - killed < 10
+    assert time.monotonic() - killed < 30  # the lease (2 s), and the command's own start under load
     assert service.cli_json("requeue", "1") == {"queued": [{"storage": 1, "scan": 2}], "refused": []}
 
 
@@ -251,7 +252,7 @@ def test_no_broker_queues_nothing(service: Service, engine: Engine, sample_livra
     service.configure(broker_url=f"redis://127.0.0.1:{free_port()}/0")
     started = time.monotonic()
     refused = service.cli("publish", str(projet), check=False)
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 25  # it took 20 s and more, then printed a traceback
     assert refused.returncode == 1
     assert refused.stderr.startswith(f"pcrs-indexer: error: cannot reach the broker at "
                                      f"{service.env['PCRS_INDEXER_BROKER_URL']} (")
