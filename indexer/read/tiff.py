@@ -29,6 +29,8 @@ _WIDTH, _HEIGHT, _BITS, _COMPRESSION, _SAMPLES, _PLANAR = 256, 257, 258, 259, 27
 _STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS = 273, 279, 324, 325
 _TABLES = frozenset({_STRIP_OFFSETS, _STRIP_COUNTS, _TILE_OFFSETS, _TILE_COUNTS})
 _WANTED = frozenset({_WIDTH, _HEIGHT, _BITS, _COMPRESSION, _SAMPLES, _PLANAR})
+_SINGLE_VALUED = frozenset({_WIDTH, _HEIGHT, _SAMPLES, _PLANAR})
+"""Tags libtiff refuses the directory for unless they hold exactly one value (the others, at least one)."""
 GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS = 34735, 34736, 34737
 _GEO_TAGS = (GEO_KEY_DIRECTORY, GEO_DOUBLE_PARAMS, GEO_ASCII_PARAMS)
 MODEL_PIXEL_SCALE, MODEL_TIEPOINT, MODEL_TRANSFORMATION = 33550, 33922, 34264
@@ -146,6 +148,8 @@ def _entry(view: ByteView, order: str, big: bool, at: int, entry: bytes, found: 
             found.tables[tag] = _Table(typ, n, value[:nbytes] if nbytes <= inline else None, offset)
         return None
     needed = tag in _WANTED or tag in _MODEL_TAGS or tag in _GEO_TAGS
+    if tag in _WANTED and typ in _TIFF_INT_FORMATS and (n == 0 or n != 1 and tag in _SINGLE_VALUED):
+        return _corrupt(f"TIFF tag {tag} holds {n} values")
     if not needed and (tag in _INFORMATION_TAGS or found.structure is None):
         return None
     raw: bytes | None = value[:nbytes]

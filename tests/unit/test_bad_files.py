@@ -14,6 +14,7 @@ from indexer.models import Dalle, DalleProblem, FileEntry
 from indexer.read import parse_dalle, read_dalle
 from indexer.read.formats import Listing
 from indexer.storages.local import LocalStorage
+from tests.unit.rasters import set_entry
 
 
 def read(path: Path) -> Dalle | DalleProblem:
@@ -126,3 +127,15 @@ def test_a_jpeg2000_of_tiny_boxes_is_corrupt_after_a_bounded_walk(tmp_path: Path
     assert isinstance(record, DalleProblem)
     assert (record.reason, record.detail) == ("corrupt", "more than 1024 boxes in the JPEG 2000 file")
     assert storage.ranges == []  # the first 16 KiB held the 1,024 boxes walked
+
+
+@pytest.mark.parametrize(("tag", "count"), [(259, 0), (258, 0), (277, 0), (277, 2), (284, 0), (284, 2), (256, 0),
+                                            (256, 2), (257, 0)])
+def test_a_tag_with_a_count_libtiff_refuses_is_corrupt(tmp_path: Path, tag: int, count: int) -> None:
+    # Found by fuzzing: a Compression tag of no value raised IndexError. GDAL refuses each of these files.
+    data = bytearray(geotiff(tmp_path / "source.tif").read_bytes())
+    set_entry(data, tag, count=count)
+    (tmp_path / "dalle.tif").write_bytes(bytes(data))
+    with pytest.raises(rasterio.errors.RasterioIOError):
+        rasterio.open(tmp_path / "dalle.tif")
+    assert reason(tmp_path / "dalle.tif") == ("corrupt", f"TIFF tag {tag} holds {count} values")
