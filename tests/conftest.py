@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 from sqlalchemy import Engine
 
 from indexer.sample import SampleSpec, make_sample_livrable, write_dalle
 from indexer.store.engine import create_store
 from tests.servers.servers import Nginx
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=5000, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+"""The property tests draw the same examples on every run (a landing never depends on luck);
+`HYPOTHESIS_PROFILE=explore` searches 5,000 new ones per test."""
 
 SMALL = SampleSpec(cols=4, rows=4, pixels=200, resolution_m=1.0, hole=(1, 1))
 """A 4×4 grid of 200 m dalles (200 px at 1 m) with one hole, plus the bad files."""
