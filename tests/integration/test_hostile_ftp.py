@@ -3,7 +3,7 @@
 Each scenario runs ``pcrs-indexer index`` as a child process against a server written to
 misbehave (`tests/servers/hostile_ftp.py`, `tests/servers/fault_server.py`), into an output folder
 holding the outputs of an earlier good scan, and asserts the exit code, the one line on stderr,
-the wall time and the child's peak RSS (from ``wait4``), and that the earlier outputs are intact.
+the wall time and the command's own peak RSS (``tests/servers/measure.py``), and that the earlier outputs are intact.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from indexer.sample import write_dalle
+from tests.servers.measure import kill_measured, measured_command, measured_result
 from tests.servers.servers import HostileFTP, HostileSFTP, Nginx, public_folder
 
 PCRS_INDEXER = str(Path(sys.executable).with_name("pcrs-indexer"))
@@ -45,13 +46,15 @@ class Run:
 
 
 def run_index(source: str, out: Path, db: Path, env: dict[str, str], *extra: str, limit_s: float = 120) -> Run:
-    """Run ``pcrs-indexer index SOURCE --out OUT`` in a child process, its peak RSS measured by ``wait4``.
+    """Run ``pcrs-indexer index SOURCE --out OUT`` in a child process, its own peak RSS measured.
 
     A child still running after `limit_s` is killed and the test fails.
     """
+    result = db.with_suffix(".measure")
     started = time.monotonic()
-    child = subprocess.Popen([PCRS_INDEXER, *extra, "index", source, "--out", str(out), "--db", f"sqlite:///{db}",
-                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    child = subprocess.Popen(measured_command([PCRS_INDEXER, *extra, "index", source, "--out", str(out), "--db",
+                                               f"sqlite:///{db}", "--quiet"], result),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     assert child.stdout is not None and child.stderr is not None
     output: dict[str, bytes] = {}
     failed_at: list[float] = []
@@ -64,19 +67,19 @@ def run_index(source: str, out: Path, db: Path, env: dict[str, str], *extra: str
 
     reader = threading.Thread(target=read_stderr)
     reader.start()
-    killer = threading.Timer(limit_s, child.kill)
+    killer = threading.Timer(limit_s, kill_measured, (result,))
     killer.start()
     output["stdout"] = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
+    child.wait()
     killer.cancel()
     reader.join()
     wall = time.monotonic() - started
-    child.returncode = os.waitstatus_to_exitcode(status)
     child.stdout.close()
     child.stderr.close()
     if wall >= limit_s:
         pytest.fail(f"pcrs-indexer index {source} still running after {limit_s} s: killed")
-    return Run(child.returncode, output["stdout"].decode(), output["stderr"].decode(), wall, usage.ru_maxrss / 1024,
+    code, peak_mb = measured_result(result)
+    return Run(code, output["stdout"].decode(), output["stderr"].decode(), wall, peak_mb,
                failed_at[0] if failed_at else None)
 
 

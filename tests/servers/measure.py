@@ -92,6 +92,25 @@ def run_measured(args: list[str], env: dict[str, str], cwd: Path, kill_after_s: 
                killed[0] if killed else None)
 
 
+def measured_command(args: list[str], result: Path) -> list[str]:
+    """`args` run under the starter: it writes the command's pid to ``RESULT.pid``, then
+    ``"<exit code> <peak RSS in KiB>"`` to `result` once the command has ended."""
+    return [sys.executable, "-c", _STARTER, str(result), *args]
+
+
+def measured_result(result: Path) -> tuple[int, float]:
+    """The exit code and peak RSS (MB) a `measured_command` wrote."""
+    code, peak_kb = (int(v) for v in result.read_text().split())
+    return code, peak_kb / 1024
+
+
+def kill_measured(result: Path) -> None:
+    """Kill the command a `measured_command` started, if it has started."""
+    pid = Path(f"{result}.pid").read_text() if Path(f"{result}.pid").exists() else ""
+    if pid:
+        os.kill(int(pid), signal.SIGKILL)
+
+
 def pcrs_indexer(*args: str) -> list[str]:
     """The command line of the installed ``pcrs-indexer`` of this interpreter's environment."""
     return [str(Path(sys.executable).with_name("pcrs-indexer")), *args]
