@@ -61,6 +61,8 @@ class ScanOptions:
     """Share of unreadable dalles above which the scan fails (see `check_result`)."""
     lease_s: float = scans.INDEX_LEASE_S
     """A scan whose heartbeat is older than this counts as abandoned; renewed four times as often."""
+    max_failures_in_a_row: int = 32
+    """Unreadable dalles in a row after which reading stops (see `Breaker`)."""
 
 
 MIN_UNREADABLE = 3
@@ -134,19 +136,65 @@ def split_reusable(storage: Storage, candidates: list[FileEntry], previous: dict
     return kept, to_read
 
 
+class Breaker:
+    """Counts the reads that failed in a row; past `limit` the storage is taken for down.
+
+    A storage that stops answering mid-scan would otherwise cost every remaining dalle its whole
+    deadline (and hold a worker that long). Once tripped, no new read starts; the reads in flight
+    end within their deadline, then `check` raises `StorageUnreachable` (transient: the fleet
+    retries the chunk later, `index` fails and keeps the last good result).
+    """
+
+    def __init__(self, source: str, limit: int) -> None:
+        self.source = source
+        self.limit = limit
+        self.in_a_row = 0
+        self.tripped: DalleProblem | None = None
+        self._lock = threading.Lock()
+
+    def record(self, result: Record) -> Record:
+        """Count `result` (an unreadable dalle adds one, any other record resets) and return it."""
+        with self._lock:
+            if isinstance(result, DalleProblem) and result.reason == SkipReason.UNREADABLE:
+                self.in_a_row += 1
+                if self.in_a_row >= self.limit and self.tripped is None:
+                    self.tripped = result
+            else:
+                self.in_a_row = 0
+        return result
+
+    def check(self) -> None:
+        """Raise `StorageUnreachable` when tripped."""
+        if self.tripped is not None:
+            raise StorageUnreachable(
+                f"cannot read {self.source}: {self.limit} dalles in a row unreadable (the max_failures_in_a_row "
+                f"setting), reading stopped; the last: {self.tripped.detail}")
+
+
 def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], options: ScanOptions,
              wrap: Wrap[Record] = no_progress) -> list[Record]:
-    """Read the headers of `entries`, `options.concurrency` at a time; results in the order given."""
+    """Read the headers of `entries`, `options.concurrency` at a time; results in the order given.
+
+    Raises `StorageUnreachable` when `options.max_failures_in_a_row` reads in a row failed.
+    """
     if not entries:
         return []
+    breaker = Breaker(storage.url, options.max_failures_in_a_row)
     reads = storage.async_reads()
     if reads is not None:
-        return _CoroutineReader(storage, reads, listing, options).run(entries, wrap)
-    with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="read",
-                            initializer=parsing_thread) as pool:
-        results = pool.map(
-            lambda e: read_dalle(storage, e, listing.sidecars_of(e), options.header_bytes), entries)
-        return list(wrap(iter(results), len(entries)))
+        results = _CoroutineReader(storage, reads, listing, options, breaker).run(entries, wrap)
+    else:
+        def read_one(entry: FileEntry) -> Record | None:
+            if breaker.tripped is not None:
+                return None
+            return breaker.record(read_dalle(storage, entry, listing.sidecars_of(entry), options.header_bytes))
+
+        with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="read",
+                                initializer=parsing_thread) as pool:
+            read = (r for r in pool.map(read_one, entries) if r is not None)
+            results = list(wrap(read, len(entries)))
+    breaker.check()
+    return results
 
 
 _Fetched = tuple[int, FileEntry, bytes]
@@ -162,11 +210,13 @@ class _CoroutineReader:
     structure (see `indexer.read.describe`): one thread keeps up with the reads.
     """
 
-    def __init__(self, storage: Storage, reads: AsyncReads, listing: Listing, options: ScanOptions) -> None:
+    def __init__(self, storage: Storage, reads: AsyncReads, listing: Listing, options: ScanOptions,
+                 breaker: Breaker) -> None:
         self.storage = storage
         self.reads = reads
         self.listing = listing
         self.options = options
+        self.breaker = breaker
         self.results: list[Record | None] = []
         self.done: queue.SimpleQueue[int | BaseException] = queue.SimpleQueue()
 
@@ -192,7 +242,7 @@ class _CoroutineReader:
                 yield result
 
     def _set(self, index: int, result: Record) -> None:
-        self.results[index] = result
+        self.results[index] = self.breaker.record(result)
         self.done.put(index)
 
     def _parse(self, batch: list[_Fetched]) -> None:
@@ -205,6 +255,8 @@ class _CoroutineReader:
 
     async def _fetch(self, pending: Iterator[tuple[int, FileEntry]], fetched: asyncio.Queue[_Fetched | None]) -> None:
         for index, entry in pending:
+            if self.breaker.tripped is not None:
+                return
             skipped = skip_unread(entry)
             if skipped is not None:
                 self._set(index, skipped)
@@ -290,13 +342,13 @@ def _scan(storage: Storage, engine: Engine, options: ScanOptions, wrap: Wrap[Rec
           started: float) -> ScanResult:
     try:
         listing = Listing.of(storage.list_files())
+        scans.update_scan(engine, scan, step="reading", listed=len(listing.files))
+        previous = {} if options.full else {r.path: r for r in records.load_records(engine, storage_key)}
+        kept, to_read = split_reusable(storage, listing.candidates, previous, options.concurrency)
+        read = read_all(storage, listing, to_read, options, wrap)
     except StorageUnreachable as exc:
         scans.fail_scan(engine, scan, scrub(str(exc)))
         raise
-    scans.update_scan(engine, scan, step="reading", listed=len(listing.files))
-    previous = {} if options.full else {r.path: r for r in records.load_records(engine, storage_key)}
-    kept, to_read = split_reusable(storage, listing.candidates, previous, options.concurrency)
-    read = read_all(storage, listing, to_read, options, wrap)
     checked = check_footprints([*kept, *place_proprietary(storage, listing, read)])
     # A record of an earlier version that cannot be placed is no longer what the store holds.
     unchanged = frozenset(old.path for old, new in zip(kept, checked[:len(kept)], strict=True) if new is old)
@@ -359,7 +411,8 @@ def index_livrable(settings: Settings, source: str, out: Path, projet_location: 
     engine = create_store(db_url or settings.database_url())
     try:
         options = ScanOptions(concurrency=concurrency, header_bytes=settings.header_bytes, full=full,
-                              max_unreadable_share=settings.max_unreadable_share, lease_s=settings.scan_lease_s)
+                              max_unreadable_share=settings.max_unreadable_share, lease_s=settings.scan_lease_s,
+                              max_failures_in_a_row=settings.max_failures_in_a_row)
         with storage:
             result = scan_storage(storage, engine, options, wrap)
     finally:

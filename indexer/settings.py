@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         default=0.02, ge=0, le=1, description="Share of a scan's dalles that may be unreadable (the storage "
                                               "failing): above it, and from 3 dalles, the scan fails and the "
                                               "last good result stays.")
+    max_failures_in_a_row: int = Field(
+        default=32, ge=1, description="Dalles read in a row whose reads failed (unreadable) after which a scan "
+                                      "stops reading and fails as the storage unreachable, instead of waiting "
+                                      "out every other dalle's deadline.")
     user_agent: str = "pcrs-indexer/0.1 (+https://pcrs.beta.gouv.fr)"
     allowed_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

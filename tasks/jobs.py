@@ -264,7 +264,8 @@ def read_chunk(self: Task, scan_id: int, chunk: int) -> dict[str, Any]:
     if target is None:
         return {"scan": scan_id, "chunk": chunk, "status": "unknown"}
     settings = get_fleet_settings()
-    options = ScanOptions(concurrency=settings.concurrency, header_bytes=settings.header_bytes)
+    options = ScanOptions(concurrency=settings.concurrency, header_bytes=settings.header_bytes,
+                          max_failures_in_a_row=settings.max_failures_in_a_row)
 
     def work() -> dict[str, Any]:
         with open_target(target) as storage:

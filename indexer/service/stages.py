@@ -119,7 +119,8 @@ def read_chunk(engine: Engine, storage: Storage, target: ScanTarget, chunk: int,
 
     A dalle that cannot be read is a `DalleProblem` like in `scan_storage`, but a chunk whose
     every dalle (at least `UNREADABLE_CHUNK`) is unreadable raises `StorageUnreachable`: the
-    storage is failing, and the chunk is retried rather than recorded.
+    storage is failing, and the chunk is retried rather than recorded; so does a chunk in which
+    `options.max_failures_in_a_row` reads in a row failed, without waiting for the rest.
     """
     files = records.chunk_files(engine, target.scan, chunk)
     if files is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -337,3 +338,32 @@ def test_control_tasks_run_while_every_reader_is_stuck(service: Service, engine:
     wait_until(lambda: watchdog_runs() >= 3, 30, "the watchdog to run three times beside the stuck reader")
     assert progress(engine).step == "reading"
     assert not [line for line in reader.lines() if "pcrs.watchdog" in line.get("message", "")]
+
+
+def test_reading_stops_once_many_reads_in_a_row_failed(served: Path, servers: Callable[[Any], Any],
+                                                       tmp_path: Path) -> None:
+    # A storage that stops answering: without the breaker every remaining dalle waits out its deadline.
+    switch = tmp_path / "down"
+    server = servers(FaultyHTTP(served, tmp_path / "faulty", down_while=switch))
+    url = server.url + "/livrable/"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PCRS_INDEXER_")},
+           "PCRS_INDEXER_ALLOWED_NETWORKS": "127.0.0.0/8", "PCRS_INDEXER_RETRIES": "0",
+           "PCRS_INDEXER_MAX_FAILURES_IN_A_ROW": "5"}
+    db, out = f"sqlite:///{tmp_path / 'state.sqlite'}", tmp_path / "out"
+    assert index_cli(url, "--out", str(out), "--db", db, env=env).returncode == 0
+    before = {name: (out / name).read_bytes() for name in OUTPUTS}
+    server.log.write_text("")
+    switch.write_text("")
+    failed = index_cli(url, "--out", str(out), "--db", db, "--full", "--concurrency", "2", env=env)
+    assert (failed.returncode, failed.stdout) == (3, "")
+    assert re.fullmatch(
+        rf"pcrs-indexer: error: cannot read {re.escape(url)}: 5 dalles in a row unreadable \(the "
+        r"max_failures_in_a_row setting\), reading stopped; the last: \S+\.(tif|jp2): HTTP 503 Service Unavailable\n",
+        failed.stderr), failed.stderr
+    files_asked = [r for r in server.requests() if r.path.endswith((".tif", ".jp2"))]
+    assert 5 <= len(files_asked) <= 5 + 2  # the five, and at most the two in flight; not the 22 dalles
+    assert {name: (out / name).read_bytes() for name in OUTPUTS} == before
+    row = json.loads(subprocess.run([str(VENV_BIN / "pcrs-indexer"), "storages", "--json", "--db", db],
+                                    env=env, capture_output=True, text=True, check=True).stdout)
+    assert (row["status"], row["dalles"], row["last_error"]) == (
+        "failed", 15, failed.stderr.removeprefix("pcrs-indexer: error: ").strip())
