@@ -22,6 +22,7 @@ from indexer.sample import write_dalle
 from indexer.store import schema
 from indexer.store.engine import create_store
 from tests.integration.test_service import (  # noqa: F401 - fixtures
+    flat_livrable,
     progress,
     projet_file,
     record_paths,
@@ -367,3 +368,28 @@ def test_reading_stops_once_many_reads_in_a_row_failed(served: Path, servers: Ca
                                     env=env, capture_output=True, text=True, check=True).stdout)
     assert (row["status"], row["dalles"], row["last_error"]) == (
         "failed", 15, failed.stderr.removeprefix("pcrs-indexer: error: ").strip())
+
+
+def test_a_storage_that_stops_answering_frees_the_worker_for_the_others(
+        service: Service, engine: Engine, servers: Callable[[Any], Any], tmp_path: Path) -> None:
+    # 120 dalles whose reads never get an answer: waited out one by one (1 s each, 2 at a time), its
+    # three chunks held the only worker process for 86 s before the other storage's turn.
+    dead = servers(FaultyHTTP(flat_livrable(tmp_path / "dead", 120), tmp_path / "dead-server", stall="/PCRS"))
+    alive = servers(FaultyHTTP(flat_livrable(tmp_path / "alive", 6), tmp_path / "alive-server"))
+    service.configure(timeout_s=1, retries=0, concurrency=2, chunk_size=50, max_failures_in_a_row=3,
+                      task_max_retries=1, task_retry_backoff_s=5)
+    service.worker()
+    service.cli("publish", str(projet_file(tmp_path, dead.url + "/", "Mort")))
+    wait_until(lambda: progress(engine, 1).step == "reading", 60, "the dead storage's scan to read")
+    published = time.monotonic()
+    service.cli("publish", str(projet_file(tmp_path, alive.url + "/", "Vivant")))
+    done = wait_scan(engine, storage=2, timeout=120)
+    took = time.monotonic() - published
+    assert (done.read, done.skipped) == (6, 0)
+    assert took < 40, f"the live storage waited {took:.0f} s behind the dead one"
+    failed = wait_scan(engine, storage=1, status="failed", timeout=120)
+    assert re.fullmatch(rf"cannot read {re.escape(dead.url)}/: 3 dalles in a row unreadable \(the "
+                        r"max_failures_in_a_row setting\), reading stopped; the last: PCRS_\d+_6862000\.tif: "
+                        r"timed out", failed.error or ""), failed.error
+    asked = [r for r in dead.requests() if r.path.endswith(".tif")]
+    assert len(asked) <= 2 * 3 * (3 + 2)  # two tries of each chunk started: 3 failed reads and 2 in flight each
