@@ -49,6 +49,9 @@ broker_transport_options = {
     "visibility_timeout": _settings.visibility_timeout_s,
     "unacked_restore_interval": _settings.broker_restore_every_s,
     "unacked_restore_throttle": 1,
+    # The lock of that restore sweep (a few milliseconds' work) lapses after 10 s, not kombu's
+    # 5 minutes: a worker killed while sweeping must not stop every other worker's sweeps.
+    "unacked_mutex_expire": 10,
     "socket_timeout": 30,
     "socket_connect_timeout": 10,
     "health_check_interval": 25,

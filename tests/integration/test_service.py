@@ -25,6 +25,7 @@ from indexer.service import queueing
 from indexer.store import catalog, queries, schema
 from indexer.store import scans as store_scans
 from indexer.store.engine import create_store
+from tasks.celeryconfig import broker_transport_options
 from tests.servers.servers import Nginx
 from tests.servers.service_fixtures import (  # noqa: F401 - fixtures
     VENV_BIN,
@@ -217,6 +218,10 @@ def test_a_worker_killed_mid_scan(service: Service, engine: Engine, big_livrable
     service.cli("publish", str(projet_file(tmp_path, server.url + "/")))
     wait_until(lambda: progress(engine).chunks_done >= 3, 60, "three chunks stored")
     first.kill()
+    # As if it died sweeping for messages to give back: the sweep's lock left behind, with the
+    # expiry the transport gives it (kombu's default of 5 minutes stalled the recovery as long).
+    service.redis.client().set("unacked_mutex", "the killed worker's",
+                               ex=broker_transport_options["unacked_mutex_expire"])
     killed_at = progress(engine)
     assert killed_at.status == "running" and killed_at.chunks_done < 20
     second = service.worker()
