@@ -150,7 +150,19 @@ class Breaker:
         self.limit = limit
         self.in_a_row = 0
         self.tripped: DalleProblem | None = None
+        self.failure: StorageUnreachable | None = None
+        """A failure of the whole storage a read raised (no dalle's own): reading stops at once."""
         self._lock = threading.Lock()
+
+    @property
+    def stopped(self) -> bool:
+        """No new read may start."""
+        return self.tripped is not None or self.failure is not None
+
+    def stop(self, failure: StorageUnreachable) -> None:
+        """Stop reading for `failure` (the first one kept)."""
+        with self._lock:
+            self.failure = self.failure or failure
 
     def record(self, result: Record) -> Record:
         """Count `result` (an unreadable dalle adds one, any other record resets) and return it."""
@@ -164,7 +176,9 @@ class Breaker:
         return result
 
     def check(self) -> None:
-        """Raise `StorageUnreachable` when tripped."""
+        """Raise the storage's failure, or `StorageUnreachable` when tripped."""
+        if self.failure is not None:
+            raise self.failure
         if self.tripped is not None:
             raise StorageUnreachable(
                 f"cannot read {self.source}: {self.limit} dalles in a row unreadable (the max_failures_in_a_row "
@@ -175,7 +189,9 @@ def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], optio
              wrap: Wrap[Record] = no_progress) -> list[Record]:
     """Read the headers of `entries`, `options.concurrency` at a time; results in the order given.
 
-    Raises `StorageUnreachable` when `options.max_failures_in_a_row` reads in a row failed.
+    Raises `StorageUnreachable` when `options.max_failures_in_a_row` reads in a row failed, or
+    when a read found the storage itself failing (a `StorageUnreachable` of its own, such as the
+    fleet's connection slots out of reach): no new read starts then.
     """
     if not entries:
         return []
@@ -185,9 +201,13 @@ def read_all(storage: Storage, listing: Listing, entries: list[FileEntry], optio
         results = _CoroutineReader(storage, reads, listing, options, breaker).run(entries, wrap)
     else:
         def read_one(entry: FileEntry) -> Record | None:
-            if breaker.tripped is not None:
+            if breaker.stopped:
                 return None
-            return breaker.record(read_dalle(storage, entry, listing.sidecars_of(entry), options.header_bytes))
+            try:
+                return breaker.record(read_dalle(storage, entry, listing.sidecars_of(entry), options.header_bytes))
+            except StorageUnreachable as exc:
+                breaker.stop(exc)
+                return None
 
         with ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="read",
                                 initializer=parsing_thread) as pool:
@@ -249,13 +269,16 @@ class _CoroutineReader:
         for index, entry, prefix in batch:
             try:
                 result = parse_dalle(self.storage, entry, prefix, self.listing.sidecars_of(entry))
+            except StorageUnreachable as exc:  # a further read found the storage failing, not this dalle
+                self.breaker.stop(exc)
+                continue
             except Exception as exc:  # one dalle never stops the others
                 result = failed(entry, exc)
             self._set(index, result)
 
     async def _fetch(self, pending: Iterator[tuple[int, FileEntry]], fetched: asyncio.Queue[_Fetched | None]) -> None:
         for index, entry in pending:
-            if self.breaker.tripped is not None:
+            if self.breaker.stopped:
                 return
             skipped = skip_unread(entry)
             if skipped is not None:
@@ -265,6 +288,9 @@ class _CoroutineReader:
                 prefix, entry = await self.reads.read_start(entry, self.options.header_bytes)
             except ReadError as exc:
                 self._set(index, unreadable(entry, exc))
+            except StorageUnreachable as exc:  # the storage (or the fleet's connection slots), not this dalle
+                self.breaker.stop(exc)
+                return
             except Exception as exc:  # one dalle never stops the others
                 self._set(index, failed(entry, exc))
             else:

@@ -64,6 +64,11 @@ class HostBusy(StorageUnreachable):
     """No connection slot to a storage host was free for the whole wait: the task is retried later."""
 
 
+class SlotsUnavailable(StorageUnreachable):
+    """The fleet's connection slots cannot be taken (Redis unreachable): the task is retried later,
+    its dalles not recorded as problems of their own."""
+
+
 def host_of(url: str) -> str | None:
     """The host a storage URL connects to, lower-case; None for local folders."""
     host = urlsplit(url).hostname
@@ -106,7 +111,11 @@ class HostLimiter:
         """
         key = self.key(host)
         tokens = [uuid.uuid4().hex for _ in range(count)]
-        if not self._acquire(keys=[key], args=[self.cap, self.lease_ms, *tokens]):
+        try:
+            taken = self._acquire(keys=[key], args=[self.cap, self.lease_ms, *tokens])
+        except redis.RedisError as exc:
+            raise SlotsUnavailable(f"cannot take a connection slot for {host}: Redis: {exc}") from exc
+        if not taken:
             return None
         with self._lock:
             self._held.update(dict.fromkeys(tokens, key))

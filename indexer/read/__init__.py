@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from indexer.crs import identify_epsg
-from indexer.errors import ReadError
+from indexer.errors import ReadError, StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileEntry, Record, SkipReason
 from indexer.read import describe
 from indexer.read.describe import Descriptions, corners, problem, resolution_cm
@@ -42,7 +42,8 @@ class HeaderSource(RangeReader, Protocol):
 
 def read_dalle(storage: HeaderSource, entry: FileEntry, sidecars: list[FileEntry] | None = None,
                header_bytes: int = 16384) -> Record:
-    """Read one dalle's header from its storage. Never raises for a bad file."""
+    """Read one dalle's header from its storage. Never raises for a bad file; raises
+    `StorageUnreachable` when the storage itself (or the fleet's connection slots) fails."""
     skipped = skip_unread(entry)
     if skipped is not None:
         return skipped
@@ -50,6 +51,8 @@ def read_dalle(storage: HeaderSource, entry: FileEntry, sidecars: list[FileEntry
         prefix, entry = storage.read_start(entry, header_bytes)
     except ReadError as exc:
         return unreadable(entry, exc)
+    except StorageUnreachable:  # the storage (or the fleet's connection slots), not this dalle
+        raise
     except Exception as exc:  # one dalle never stops the others
         return failed(entry, exc)
     return parse_dalle(storage, entry, prefix, sidecars)
@@ -96,7 +99,8 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
     header whose structure and GeoKeys (or GeoJP2 box) were seen before needs no GDAL at all.
     `descriptions` defaults to the process's (`indexer.read.describe.DESCRIPTIONS`). Whatever
     the file holds, the answer is a record: a failure nobody foresaw is this dalle's problem
-    (`corrupt`, the error named), never the scan's.
+    (`corrupt`, the error named), never the scan's; only a `StorageUnreachable` of a further
+    read (the storage itself failing) goes through.
     """
     mime = raster_mime(entry.path)
     if mime is None:
@@ -105,6 +109,8 @@ def parse_dalle(storage: RangeReader, entry: FileEntry, prefix: bytes, sidecars:
         return _parse(storage, entry, sniff(prefix, mime), prefix, sidecars, descriptions or describe.DESCRIPTIONS)
     except ReadError as exc:
         return problem(entry, entry.size, SkipReason.UNREADABLE, str(exc))
+    except StorageUnreachable:  # a further read found the storage failing, not this file
+        raise
     except Exception as exc:  # one file's bytes must never stop a livrable
         return failed(entry, exc)
 

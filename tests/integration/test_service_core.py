@@ -20,25 +20,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import redis
 from click.testing import CliRunner
 from sqlalchemy import Engine, create_engine, func, inspect, select
 
 from indexer.cli import main
 from indexer.errors import ConfigError, LivrableNotFound, ScanRunning
 from indexer.models import Dalle, DalleProblem, SkipReason
-from indexer.pipeline import ScanOptions, scan_storage
+from indexer.pipeline import ScanOptions, read_all, scan_storage
 from indexer.projet import Projet
 from indexer.publish import export_all
 from indexer.read import read_dalle
+from indexer.read.formats import Listing
 from indexer.sample import write_dalle
 from indexer.service import queueing, stages
-from indexer.storages import open_storage
+from indexer.storages import AccessOptions, open_storage
+from indexer.storages.addresses import AddressPolicy
 from indexer.storages.local import LocalStorage
 from indexer.store import catalog, queries, schema
 from indexer.store import records as store_records
 from indexer.store import scans as store_scans
 from indexer.store.engine import HEAD, create_store, migrate
-from tasks.limiter import HostLimiter, LimitedStorage, limited
+from tasks.limiter import HostLimiter, LimitedStorage, SlotsUnavailable, limited
+from tests.servers.servers import Nginx, free_port
 from tests.servers.service_fixtures import (  # noqa: F401 - fixtures
     PostgresServer,
     RedisServer,
@@ -511,3 +515,27 @@ def test_a_limited_storage_keeps_what_the_first_read_learned(redis_server: Redis
         client.close()
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("transport", ["local", "http"])
+def test_connection_slots_out_of_reach_fail_the_chunk_not_its_dalles(transport: str, tmp_path: Path) -> None:
+    # Redis restarting while a worker reads: the chunk is retried, its dalles are not made corrupt.
+    root = tmp_path / "livrable"
+    for i in range(6):
+        write_dalle(root / f"d{i}.tif", (651000.0 + i * 200, 6862000.0), pixels=16, resolution_m=12.5)
+    server = Nginx(root, tmp_path / "nginx").start() if transport == "http" else None
+    try:
+        loopback = AccessOptions(addresses=AddressPolicy.of(["127.0.0.1"]))
+        inner = open_storage(server.url + "/", loopback) if server is not None else LocalStorage(root)
+        unreachable = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1)
+        storage = LimitedStorage(inner, HostLimiter(unreachable, cap=2, wait_s=5.0), "h", max_slots=2)
+        listing = Listing.of(inner.list_files())
+        with pytest.raises(SlotsUnavailable, match=r"^cannot take a connection slot for h: Redis: Error 111 "
+                                                   r"connecting to 127\.0\.0\.1:\d+\. Connection refused\.$"):
+            read_all(storage, listing, listing.candidates, ScanOptions(concurrency=2))
+        if server is not None:
+            assert [r.path for r in server.requests() if r.path.endswith(".tif")] == []
+        inner.close()
+    finally:
+        if server is not None:
+            server.stop()
