@@ -12,75 +12,30 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from indexer.sample import write_dalle
-from tests.servers.measure import kill_measured, measured_command, measured_result
+from tests.servers.measure import Run, pcrs_indexer, run_measured
 from tests.servers.servers import HostileFTP, HostileSFTP, Nginx, public_folder
 
-PCRS_INDEXER = str(Path(sys.executable).with_name("pcrs-indexer"))
 BASE_RSS_MB = 250
 """Peak RSS of a plain ``index`` run (Python, GDAL, rasterio, SQLAlchemy loaded), with room to spare."""
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    """How one ``pcrs-indexer index`` child process ended."""
-
-    code: int
-    stdout: str
-    stderr: str
-    wall_s: float
-    peak_rss_mb: float
-    failed_at: float | None
-    """Wall-clock time (``time.time()``) its first line on stderr came, None without any."""
-
-
 def run_index(source: str, out: Path, db: Path, env: dict[str, str], *extra: str, limit_s: float = 120) -> Run:
-    """Run ``pcrs-indexer index SOURCE --out OUT`` in a child process, its own peak RSS measured.
+    """Run ``pcrs-indexer index SOURCE --out OUT`` in a child process, measured (`run_measured`).
 
     A child still running after `limit_s` is killed and the test fails.
     """
-    result = db.with_suffix(".measure")
-    started = time.monotonic()
-    child = subprocess.Popen(measured_command([PCRS_INDEXER, *extra, "index", source, "--out", str(out), "--db",
-                                               f"sqlite:///{db}", "--quiet"], result),
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert child.stdout is not None and child.stderr is not None
-    output: dict[str, bytes] = {}
-    failed_at: list[float] = []
-
-    def read_stderr() -> None:
-        assert child.stderr is not None
-        first = child.stderr.read(1)
-        failed_at.extend([time.time()] if first else [])
-        output["stderr"] = first + child.stderr.read()
-
-    reader = threading.Thread(target=read_stderr)
-    reader.start()
-    killer = threading.Timer(limit_s, kill_measured, (result,))
-    killer.start()
-    output["stdout"] = child.stdout.read()
-    child.wait()
-    killer.cancel()
-    reader.join()
-    wall = time.monotonic() - started
-    child.stdout.close()
-    child.stderr.close()
-    if wall >= limit_s:
-        pytest.fail(f"pcrs-indexer index {source} still running after {limit_s} s: killed")
-    code, peak_mb = measured_result(result)
-    return Run(code, output["stdout"].decode(), output["stderr"].decode(), wall, peak_mb,
-               failed_at[0] if failed_at else None)
+    run = run_measured(pcrs_indexer(*extra, "index", source, "--out", str(out), "--db", f"sqlite:///{db}",
+                                    "--quiet"), env, db.parent, kill_after_s=limit_s)
+    if run.killed is not None:
+        pytest.fail(f"pcrs-indexer index {source} killed ({run.killed})")
+    return run
 
 
 @pytest.fixture
@@ -194,8 +149,8 @@ def test_a_trickling_server_fails_within_the_deadline(mode: str, hostile: list[H
     assert last_error(db) == line
     connects = [c for c in server.commands() if c[1] == "CONNECT" and c[0] > 1]  # session 1: the start's probe
     assert len(connects) == RETRIES + 1  # one connection per attempt
-    assert run.failed_at is not None
-    listing_s = run.failed_at - connects[0][3]  # from the first connection to the error line
+    assert run.first_stderr_at is not None
+    listing_s = run.first_stderr_at - connects[0][3]  # from the first connection to the error line
     if mode == "trickle-list":
         assert [c[1] for c in server.commands() if c[1] == "LIST"] == ["LIST"] * (RETRIES + 1)
     assert TIMEOUT_S * (RETRIES + 1) <= listing_s < TIMEOUT_S * (RETRIES + 1) + MARGIN_S
@@ -267,8 +222,8 @@ def test_a_silent_ssh_port_fails_within_the_deadline(hostile: list[HostileFTP], 
     assert last_error(db) == line
     connects = [c for c in server.commands() if c[1] == "CONNECT" and c[0] > 1]  # session 1: the start's probe
     assert len(connects) == RETRIES + 1  # one connection per attempt
-    assert run.failed_at is not None
-    listing_s = run.failed_at - connects[0][3]  # from the first connection to the error line
+    assert run.first_stderr_at is not None
+    listing_s = run.first_stderr_at - connects[0][3]  # from the first connection to the error line
     assert TIMEOUT_S * (RETRIES + 1) <= listing_s < TIMEOUT_S * (RETRIES + 1) + MARGIN_S
     assert run.peak_rss_mb < BASE_RSS_MB
     assert_intact(out, files)

@@ -43,6 +43,8 @@ class Run:
     peak_rss_mb: float
     killed: str | None
     """Why the command was killed (``"time"``, ``"memory"``), None when it ended by itself."""
+    first_stderr_at: float | None = None
+    """Wall-clock time (``time.time()``) the first byte on stderr came, None without any."""
 
 
 def _rss_mb(pid: int) -> float:
@@ -81,34 +83,33 @@ def run_measured(args: list[str], env: dict[str, str], cwd: Path, kill_after_s: 
                     os.kill(pid, signal.SIGKILL)
                     return
 
+        errors: list[bytes] = []
+        first_stderr_at: list[float] = []
+
+        def read_stderr() -> None:
+            assert starter.stderr is not None
+            first = starter.stderr.read(1)
+            first_stderr_at.extend([time.time()] if first else [])
+            errors.append(first + starter.stderr.read())
+
         watcher = threading.Thread(target=watch)
         watcher.start()
-        stdout, stderr = starter.communicate()
+        reader = threading.Thread(target=read_stderr)
+        reader.start()
+        assert starter.stdout is not None
+        stdout = starter.stdout.read()
+        starter.wait()
+        reader.join()
         ended.set()
         wall = time.monotonic() - started
         watcher.join()
+        starter.stdout.close()
+        assert starter.stderr is not None
+        starter.stderr.close()
         code, peak_kb = (int(v) for v in result.read_text().split())
-    return Run(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"), wall, peak_kb / 1024,
-               killed[0] if killed else None)
+    return Run(code, stdout.decode(errors="replace"), errors[0].decode(errors="replace"), wall, peak_kb / 1024,
+               killed[0] if killed else None, first_stderr_at[0] if first_stderr_at else None)
 
-
-def measured_command(args: list[str], result: Path) -> list[str]:
-    """`args` run under the starter: it writes the command's pid to ``RESULT.pid``, then
-    ``"<exit code> <peak RSS in KiB>"`` to `result` once the command has ended."""
-    return [sys.executable, "-c", _STARTER, str(result), *args]
-
-
-def measured_result(result: Path) -> tuple[int, float]:
-    """The exit code and peak RSS (MB) a `measured_command` wrote."""
-    code, peak_kb = (int(v) for v in result.read_text().split())
-    return code, peak_kb / 1024
-
-
-def kill_measured(result: Path) -> None:
-    """Kill the command a `measured_command` started, if it has started."""
-    pid = Path(f"{result}.pid").read_text() if Path(f"{result}.pid").exists() else ""
-    if pid:
-        os.kill(int(pid), signal.SIGKILL)
 
 
 def pcrs_indexer(*args: str) -> list[str]:
