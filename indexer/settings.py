@@ -172,6 +172,30 @@ class FleetSettings(Settings):
         return self.result_backend or self.broker_url
 
 
+class ApiSettings(FleetSettings):
+    """The settings of the HTTP API (`pcrs-indexer serve`): the fleet's, and the API's own."""
+
+    admin_token: SecretStr | None = Field(
+        default=None, description="The token of the admin routes (`Authorization: Token …`); without it they "
+                                  "answer 503: never open by default.")
+    download_token_secret: SecretStr | None = Field(
+        default=None, description="The secret signing download tokens (HMAC); without it no token is issued "
+                                  "nor accepted.")
+    download_token_ttl_s: int = Field(
+        default=48 * 3600, ge=24 * 3600, le=72 * 3600,
+        description="How long a download token is valid, in seconds: 24 to 72 hours.")
+    scan_threads: int = Field(
+        default=2, ge=1, le=16, description="Scans an API without broker runs at once, in threads of its process.")
+
+    def broker_mode(self) -> bool:
+        """Whether a broker is configured (``PCRS_INDEXER_BROKER_URL``): then the API only queues, the fleet scans."""
+        return "broker_url" in self.model_fields_set
+
+    def mode(self) -> str:
+        """``broker`` when the fleet scans what the API queues, ``in-process`` when the API scans itself."""
+        return "broker" if self.broker_mode() else "in-process"
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once. Tests build ``Settings(...)`` directly instead."""
@@ -182,3 +206,9 @@ def get_settings() -> Settings:
 def get_fleet_settings() -> FleetSettings:
     """The process-wide settings of the distributed service, read once."""
     return FleetSettings()
+
+
+@lru_cache(maxsize=1)
+def get_api_settings() -> ApiSettings:
+    """The process-wide settings of the HTTP API, read once."""
+    return ApiSettings()

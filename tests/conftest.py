@@ -15,6 +15,9 @@ from indexer.sample import SampleSpec, make_sample_livrable, write_dalle
 from indexer.store.engine import create_store
 from tests.servers.servers import Nginx
 
+pytest_plugins = ["tests.servers.api_fixtures"]
+"""Fixture modules every test may use by name (``api_server``)."""
+
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -6,7 +6,8 @@ Data goes to stdout (JSON), messages and progress to stderr. Exit codes (`option
 - `index`: the one-machine job (`indexer.cli.index`);
 - `publish`, `unpublish`, `storages`, `status`, `requeue`, `export`, `worker`, `beat`, `db`: the distributed
   service (`indexer.cli.fleet`);
-- `sample`: the sample livrable of the demo (`indexer.cli.dev`).
+- `sample`: the sample livrable of the demo (`indexer.cli.dev`);
+- `serve`: the HTTP API (`indexer.cli.serve`, `indexer.api`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import click
 from rasterio.errors import NotGeoreferencedWarning
 
 from indexer import __version__
-from indexer.cli import dev, fleet
+from indexer.cli import dev, fleet, serve
 from indexer.cli import index as index_command
 from indexer.cli.options import ErrorBoundary
 from indexer.storages.access import ScrubFilter, log_extras
@@ -72,3 +73,4 @@ for command in (fleet.publish, fleet.unpublish, fleet.storages, fleet.status, fl
                 fleet.worker, fleet.beat, fleet.db):
     main.add_command(command)
 main.add_command(dev.sample)
+main.add_command(serve.serve)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from indexer.settings import FleetSettings
+from indexer.settings import ApiSettings
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
@@ -25,12 +25,14 @@ def compose() -> dict[str, Any]:
 def test_every_long_running_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
     services = compose["services"]
     tests = {name: " ".join(s["healthcheck"]["test"]) for name, s in services.items() if "healthcheck" in s}
-    assert set(tests) == {"redis", "postgres", "worker", "beat", "flower"}
+    assert set(tests) == {"redis", "postgres", "worker", "beat", "flower", "api"}
     assert 'celery -A tasks inspect ping --destination "worker@$$HOSTNAME"' in tests["worker"]
     assert "-n worker@%h" in " ".join(services["worker"]["command"])  # the name the ping asks for
     assert "/data/beat/celerybeat-schedule" in tests["beat"]
     assert "--schedule /data/beat/celerybeat-schedule" in " ".join(services["beat"]["command"])
     assert "http://127.0.0.1:5555/healthcheck" in tests["flower"]
+    assert "http://127.0.0.1:8000/healthz" in tests["api"]
+    assert services["api"]["command"] == ["serve", "--host", "0.0.0.0", "--port", "8000"]
     for name in ("worker", "beat"):
         assert services[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
         assert services[name]["depends_on"]["redis"] == {"condition": "service_healthy"}
@@ -61,19 +63,19 @@ def test_no_url_or_password_is_written_in_the_compose_file(compose: dict[str, An
     assert services["flower"]["environment"]["CELERY_BROKER_URL"].startswith("${PCRS_INDEXER_BROKER_URL:?")
     assert services["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
     # Ports are published on an address the operator chooses, this machine only by default.
-    for name in ("redis", "postgres", "flower"):
+    for name in ("redis", "postgres", "flower", "api"):
         (port,) = services[name]["ports"]
         assert port.startswith(f"${{{name.upper()}_BIND:-127.0.0.1}}:")
 
 
 def test_every_setting_reaches_the_containers(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    for name in ("migrate", "worker", "beat", "cli"):
+    for name in ("migrate", "worker", "beat", "cli", "api"):
         assert services[name]["env_file"] == ".env", name
         assert "environment" not in services[name], name  # nothing set behind the env file's back
     example = (DOCKER / "env.example").read_text(encoding="utf-8")
     named = set(re.findall(r"^#? ?(PCRS_INDEXER_[A-Z0-9_]+)=", example, flags=re.M))
-    assert named == {f"PCRS_INDEXER_{field.upper()}" for field in FleetSettings.model_fields}
+    assert named == {f"PCRS_INDEXER_{field.upper()}" for field in ApiSettings.model_fields}
     for variable in re.findall(r"\$\{(\w+):\?", (DOCKER / "compose.yaml").read_text(encoding="utf-8")):
         assert re.search(rf"^{variable}=", example, flags=re.M), variable  # every required one is in the example
 
