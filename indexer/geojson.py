@@ -185,20 +185,36 @@ def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> 
     return count
 
 
-def dalle_features(dalles: Iterable[Dalle], projet: Projet | None, livrable: Livrable | None
-                   ) -> Iterator[dict[str, Any]]:
-    """GeoJSON features of dalles, in the order given, transformed a few thousand at a time."""
+BBox = tuple[float, float, float, float]
+"""A box in WGS84: (min lon, min lat, max lon, max lat)."""
+
+
+def dalle_features(dalles: Iterable[Dalle], projet: Projet | None, livrable: Livrable | None,
+                   bbox: BBox | None = None) -> Iterator[dict[str, Any]]:
+    """GeoJSON features of dalles, in the order given, transformed a few thousand at a time; with
+    `bbox`, only those whose footprint's box meets it (edges included)."""
     batch: list[Dalle] = []
     for dalle in dalles:
         batch.append(dalle)
         if len(batch) == 5000:
-            yield from _features(batch, projet, livrable)
+            yield from _features(batch, projet, livrable, bbox)
             batch = []
-    yield from _features(batch, projet, livrable)
+    yield from _features(batch, projet, livrable, bbox)
 
 
-def _features(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None) -> Iterator[dict[str, Any]]:
-    """Features of the dalles that can be placed in WGS84; the others, left out, are logged."""
+def _meets(rings: np.ndarray, bbox: BBox) -> np.ndarray:
+    """Whether each ring's box meets `bbox` (edges included)."""
+    x, y = rings[:, :, 0], rings[:, :, 1]
+    with np.errstate(invalid="ignore"):
+        result: np.ndarray = ((x.min(axis=1) <= bbox[2]) & (x.max(axis=1) >= bbox[0])
+                              & (y.min(axis=1) <= bbox[3]) & (y.max(axis=1) >= bbox[1]))
+    return result
+
+
+def _features(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None,
+              bbox: BBox | None = None) -> Iterator[dict[str, Any]]:
+    """Features of the dalles that can be placed in WGS84 (the others, left out, are logged) and
+    meet `bbox` when given."""
     if not dalles:
         return
     corners = corner_array(dalles)
@@ -211,6 +227,8 @@ def _features(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | N
     skipped = len(unplaced) + int((~finite).sum())
     if skipped:
         log.warning("dalles left out of dalles.geojson: they cannot be placed in WGS84", extra={"dalles": skipped})
+    if bbox is not None:
+        finite &= _meets(rings, bbox)
     for dalle, ring, ok in zip(dalles, rings, finite, strict=True):
         if ok:
             yield {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},

@@ -1,7 +1,8 @@
 """Publish a scan: its emprise and the files of the PCRS data API, one function for every job.
 
 `publish_outputs` is what ``pcrs-indexer index``, the service's finalisation and the benchmark
-write for one storage; `export_all` writes every published livrable of the store at once.
+write for one storage; `OutputSet` places files replaced together (`indexer.export` writes the
+whole store's with it).
 """
 
 from __future__ import annotations
@@ -20,13 +21,11 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from shapely.geometry.base import BaseGeometry
-from sqlalchemy import Engine
 
 from indexer.emprise import check_footprints, compute_emprise
 from indexer.geojson import dalle_features, livrable_feature, write_feature_collection
 from indexer.models import Dalle, DalleProblem, ScanResult
 from indexer.projet import Livrable, Projet
-from indexer.store import queries, records
 
 log = logging.getLogger(__name__)
 
@@ -175,34 +174,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _valid_dalles(engine: Engine, storage: int) -> Iterator[Dalle]:
-    for record in records.load_records(engine, storage):
-        if isinstance(record, Dalle):
-            yield record
-
-
-def export_all(engine: Engine, out: Path) -> dict[str, Any]:
-    """Write ``dalles.geojson`` and ``livrables.geojson`` of every published livrable into `out`.
-
-    Livrables are taken by storage id, dalles by path within each: the two files hold what each
-    storage's own published files hold, in one FeatureCollection each. Streamed: only one row is
-    held at a time, whatever the number of dalles.
-    """
-    published = queries.published(engine)
-
-    def features() -> Iterator[dict[str, Any]]:
-        for storage, document, nom, _feature in published:
-            projet = Projet.model_validate(document)
-            livrable: Livrable | None = next((liv for liv in projet.livrables if liv.nom == nom), None)
-            yield from dalle_features(_valid_dalles(engine, storage), projet, livrable)
-
-    paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson"}
-    with OutputSet(out) as files:
-        with files.open("dalles.geojson") as f:
-            dalles = write_feature_collection(f, features())
-        with files.open("livrables.geojson") as f:
-            livrables = write_feature_collection(f, (feature for *_, feature in published))
-    log.info("exported", extra={"livrables": livrables, "dalles": dalles})
-    return {"livrables": livrables, "dalles": dalles, "outputs": {k: str(v) for k, v in paths.items()}}

@@ -22,9 +22,9 @@ from indexer import secrets
 from indexer.cli.options import db_option, writable_folder
 from indexer.cli.options import open_store as open_any_store
 from indexer.errors import ConfigError, ScanRunning
+from indexer.export import export_all
 from indexer.models import Trigger
 from indexer.projet import load_projet
-from indexer.publish import export_all
 from indexer.service import queueing
 from indexer.settings import get_settings
 from indexer.storages import AccessOptions

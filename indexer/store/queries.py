@@ -1,7 +1,7 @@
 """What the operator's commands and the service's stages ask of the store: reads only.
 
 Storages with their status, the progress of a storage's latest scan, what a scan reads, the
-storages due for a re-index, the livrables published.
+storages due for a re-index.
 """
 
 from __future__ import annotations
@@ -209,13 +209,3 @@ def progress(engine: Engine, storage: int) -> Progress:
     return Progress(storage, st.url, row.id, row.status, row.step, row.trigger, row.listed, row.to_read, row.read,
                     row.reused, row.skipped, row.chunks, chunks_done, aware(row.started_at),
                     aware(row.heartbeat_at), aware(row.finished_at), row.error)
-
-
-def published(engine: Engine) -> list[tuple[int, dict[str, Any], str, dict[str, Any]]]:
-    """(storage id, projet document, livrable nom, feature) of each livrable published and scanned,
-    by storage id, then in the order they were first published."""
-    lv = livrables
-    with engine.connect() as conn:
-        return [(r.storage_id, r.projet, r.nom, r.feature) for r in conn.execute(
-            select(lv.c.storage_id, lv.c.projet, lv.c.nom, lv.c.feature)
-            .where(lv.c.feature.is_not(None)).order_by(lv.c.storage_id, lv.c.id))]

@@ -62,6 +62,18 @@ def load_records(engine: Engine, storage: int) -> Iterator[Record]:
                            .order_by(by_path(conn, records.c.path)))
 
 
+def dalles_after(engine: Engine, storage: int, after: str | None, limit: int) -> list[Dalle]:
+    """One page of a keyset walk through a storage's valid dalles: the first `limit` whose path
+    comes after `after` (code point order; None: from the first). Each page is one short query
+    (an index range scan), so no cursor or transaction stays open between pages."""
+    with engine.connect() as conn:
+        path = by_path(conn, records.c.path)
+        query = select(records).where(records.c.storage_id == storage, records.c.status == VALID)
+        if after is not None:
+            query = query.where(path > after)
+        return [r for r in stream(conn, query.order_by(path).limit(limit)) if isinstance(r, Dalle)]
+
+
 def stream(conn: Connection, query: Select[Any]) -> Iterator[Record]:
     """The dalles and problems a query on records or scan_results returns, streamed in its order."""
     wkts = {row.id: row.wkt for row in conn.execute(select(crs_table))}

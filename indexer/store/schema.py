@@ -89,6 +89,9 @@ records = Table(
     Column("scan_id", Integer, nullable=False),
     UniqueConstraint("storage_id", "path", name="uq_records_storage_path"),
 )
+Index("ix_records_storage_path_c", records.c.storage_id, records.c.path.collate("C")).ddl_if(dialect="postgresql")
+"""The export's keyset walk through a storage's records, by path in code point order: PostgreSQL's
+primary key follows the database's collation (SQLite's is binary already)."""
 
 # The distributed service's tables: what was published, and each scan's work in progress.
 

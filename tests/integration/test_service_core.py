@@ -26,10 +26,10 @@ from sqlalchemy import Engine, create_engine, func, inspect, select
 
 from indexer.cli import main
 from indexer.errors import ConfigError, LivrableNotFound, ScanRunning
+from indexer.export import export_all
 from indexer.models import Dalle, DalleProblem, SkipReason
 from indexer.pipeline import ScanOptions, read_all, scan_storage
 from indexer.projet import Projet
-from indexer.publish import export_all
 from indexer.read import read_dalle
 from indexer.read.formats import Listing
 from indexer.sample import write_dalle

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, MetaData, Table, create_engine, select
 
 from indexer.cli import main
 from indexer.errors import ConfigError
+from indexer.export import export_all
 from indexer.pipeline import ScanOptions
 from indexer.projet import Projet
-from indexer.publish import export_all
 from indexer.sample import write_dalle
 from indexer.secrets import NO_KEY, SecretBox, new_key
 from indexer.service import queueing, stages
