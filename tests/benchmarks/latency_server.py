@@ -1,22 +1,26 @@
-"""An HTTP file server on loopback that adds a fixed latency to every request, for the benchmark.
+"""An HTTP file server on loopback behind a delay line, for the benchmark.
 
 It serves a folder the way nginx does with ``autoindex on; autoindex_exact_size on``: listing
 pages with exact sizes and dates, ``HEAD``, ranged ``GET`` answered ``206`` with a
 ``Content-Range``, ``ETag`` and ``Last-Modified``, keep-alive and any number of concurrent
-connections. Every request waits `latency` seconds before it is answered, like a distant server.
+connections. It answers at once; its clients reach it through a `delay_line.DelayLine` in the
+same event loop, which delivers every byte half the latency later each way, so requests
+pipelined or in flight on many connections overlap as on a real link.
 
 It counts what it answers (requests by kind, bytes sent, headers included) and serves the
 counters as JSON on ``GET /_bench/stats``; ``POST /_bench/reset`` sets them to zero. Those two
-paths are neither delayed nor counted. A listing page is rendered once per folder version (the
-folder's modification time) and the cache is emptied by a reset, so serving the same 1,000-entry
-page again costs about what it costs nginx, not a Python rendering.
+paths are not counted; `LatencyServer` asks them on the server's own port, not across the line.
+A listing page is rendered once per folder version (the folder's modification time) and the
+cache is emptied by a reset, so serving the same 1,000-entry page again costs about what it costs
+nginx, not a Python rendering.
 
 It speaks HTTP/1.1 over a plain `asyncio.Protocol`, not a web framework: it shares the
 benchmark's two cores, and a tenth of a millisecond per request is already more than nginx costs.
 
-Run it as its own process (``python -m tests.benchmarks.latency_server ROOT``): `rasterio` holds the GIL
-while GDAL waits on a socket, so a server thread inside the reading process would stall. The
-`LatencyServer` class starts and stops that process.
+Run it as its own process (``python -m tests.benchmarks.latency_server ROOT``, printing
+``PORT n DIRECT m``: the delayed port and the server's own): `rasterio` holds the GIL while GDAL
+waits on a socket, so a server thread inside the reading process would stall. The `LatencyServer`
+class starts and stops that process.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote
+
+from tests.benchmarks.delay_line import DelayLine, LineCounters
 
 STATS_PATH = "/_bench/stats"
 RESET_PATH = "/_bench/reset"
@@ -154,18 +160,21 @@ class FileServer:
     server shares the benchmark's cores, and should cost them about what nginx would.
     """
 
-    def __init__(self, root: Path, latency: float) -> None:
+    def __init__(self, root: Path, line: LineCounters | None = None) -> None:
         self.root = root.resolve()
-        self.latency = latency
         self.counters = Counters()
+        self.line = line if line is not None else LineCounters()
+        """What the delay line in front carried: connections, bytes each way."""
         self._pages: dict[str, tuple[int, bytes]] = {}
 
     def control(self, method: str, path: str) -> Answer | None:
         """The answer to a benchmark control request (neither delayed nor counted), else None."""
         if path == STATS_PATH and method == "GET":
-            return Answer(200, {"Content-Type": "application/json"}, json.dumps(self.counters.as_dict()).encode())
+            stats = {**self.counters.as_dict(), "line": self.line.as_dict()}
+            return Answer(200, {"Content-Type": "application/json"}, json.dumps(stats).encode())
         if path == RESET_PATH and method == "POST":
             self.counters = Counters()
+            self.line.connections = self.line.bytes_up = self.line.bytes_down = 0
             self._pages.clear()
             return Answer(200, {"Content-Type": "application/json"}, b'{"reset": true}')
         return None
@@ -251,14 +260,12 @@ _MAX_HEAD = 65536
 
 
 class _Connection(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: requests parsed as they come, each answered after the
-    latency, in order."""
+    """One keep-alive HTTP/1.1 connection: requests parsed as they come, answered in order."""
 
     def __init__(self, server: FileServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
-        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -292,13 +299,8 @@ class _Connection(asyncio.Protocol):
             if control is not None:
                 self._send(control, method == "HEAD", keep_alive, counted=False)
             else:
-                self.loop.call_later(self.server.latency, self._answer, method, path, headers.get("range", ""),
-                                     keep_alive)
-
-    def _answer(self, method: str, path: str, range_header: str, keep_alive: bool) -> None:
-        if self.transport is None:
-            return
-        self._send(self.server.answer(method, path, range_header), method == "HEAD", keep_alive, counted=True)
+                self._send(self.server.answer(method, path, headers.get("range", "")), method == "HEAD",
+                           keep_alive, counted=True)
 
     def _send(self, answer: Answer, head: bool, keep_alive: bool, counted: bool) -> None:
         if self.transport is None:
@@ -317,13 +319,16 @@ class _Connection(asyncio.Protocol):
 
 
 async def _serve_forever(root: Path, latency: float, port: int) -> None:
-    server = FileServer(root, latency)
+    counters = LineCounters()
+    server = FileServer(root, counters)
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    sock.bind(("127.0.0.1", 0))
     listener = await loop.create_server(lambda: _Connection(server), sock=sock, backlog=4096)
-    sys.stdout.write(f"PORT {sock.getsockname()[1]}\n")
+    direct = sock.getsockname()[1]
+    line = DelayLine(("127.0.0.1", direct), latency, port=port, counters=counters)
+    sys.stdout.write(f"PORT {await line.start()} DIRECT {direct}\n")
     sys.stdout.flush()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -331,6 +336,7 @@ async def _serve_forever(root: Path, latency: float, port: int) -> None:
     try:
         await stop.wait()
     finally:
+        line.close()
         listener.close()
 
 
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
     parser.add_argument("root", type=Path, help="Folder to serve.")
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one.")
-    parser.add_argument("--latency-ms", type=float, default=20.0, help="Delay added to every request.")
+    parser.add_argument("--latency-ms", type=float, default=20.0, help="Round trip of the delay line.")
     args = parser.parse_args(argv)
     asyncio.run(_serve_forever(args.root, args.latency_ms / 1000.0, args.port))
 
@@ -352,6 +358,8 @@ class LatencyServer:
         self.latency_ms = latency_ms
         self.start_timeout_s = start_timeout_s
         self.port = 0
+        self.direct_port = 0
+        """The server's own port, not delayed: for the counters."""
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -376,7 +384,8 @@ class LatencyServer:
             if b"\n" in buffer:
                 line = buffer.split(b"\n", 1)[0].decode()
                 if line.startswith("PORT "):
-                    self.port = int(line.split()[1])
+                    words = line.split()
+                    self.port, self.direct_port = int(words[1]), int(words[3])
                     return self
         self.stop()
         raise RuntimeError(f"the latency server did not start within {self.start_timeout_s} s")
@@ -397,7 +406,7 @@ class LatencyServer:
         self.process = None
 
     def _call(self, method: str, path: str) -> dict[str, Any]:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
+        request = urllib.request.Request(f"http://127.0.0.1:{self.direct_port}{path}", method=method)
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read())  # type: ignore[no-any-return]
 
