@@ -275,13 +275,21 @@ def livrable_source(livrable: Livrable) -> str:
     make no storage URL. The URL carries the password: mask it before showing it.
     """
     where = f"livrable {livrable.nom!r}"
-    kind = (livrable.stockage or "").strip().lower()
     params = livrable.stockage_params or {}
-    if kind not in STOCKAGES:
-        raise ConfigError(f"{where}: stockage {livrable.stockage!r} is not supported ({', '.join(STOCKAGES)})")
-    if not params and livrable.stockage_public is False:
+    if not params and livrable.stockage_public is False and (livrable.stockage or "").strip().lower() in STOCKAGES:
         raise ConfigError(f"{where}: no stockage_params: the site leaves them out of a private stockage "
                           "(stockage_public false) unless asked with a token (PCRS_INDEXER_PROJET_API_TOKEN)")
+    return stockage_source(livrable.stockage, params, where)
+
+
+def stockage_source(stockage: str | None, params: dict[str, Any], where: str) -> str:
+    """The SOURCE URL of a stockage (its kind and parameters, as `livrable_source` reads them).
+
+    Raises `ConfigError`, one line starting with `where`, for parameters that make no storage URL.
+    """
+    kind = (stockage or "").strip().lower()
+    if kind not in STOCKAGES:
+        raise ConfigError(f"{where}: stockage {stockage!r} is not supported ({', '.join(STOCKAGES)})")
     if params.get("url"):
         return _checked(where, str(params["url"]).strip())
     if kind == "s3":

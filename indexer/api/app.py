@@ -112,8 +112,11 @@ def _check_store(engine: Engine) -> str | None:
 
 def _check_broker(url: str) -> str | None:
     import redis  # the broker is Redis; only broker mode asks for it
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
-    client = redis.Redis.from_url(url, socket_timeout=BROKER_PING_S, socket_connect_timeout=BROKER_PING_S)
+    client = redis.Redis.from_url(url, socket_timeout=BROKER_PING_S, socket_connect_timeout=BROKER_PING_S,
+                                  retry=Retry(NoBackoff(), 0))
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:

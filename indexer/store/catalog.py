@@ -23,6 +23,20 @@ def storage_id(engine: Engine, url: str) -> int:
         return int(conn.execute(select(storages.c.id).where(storages.c.url == url)).scalar_one())
 
 
+def register_storage(engine: Engine, url: str, source: str | None, sealed: str | None) -> tuple[int, bool]:
+    """Record the storage at `url` (created on first sight) and the URL workers open; returns (id, created).
+
+    The URL to open is `source` when it has no credential, else `sealed`, encrypted; the latest
+    registration wins, as the latest publication does.
+    """
+    with engine.connect() as conn:
+        known = conn.execute(select(storages.c.id).where(storages.c.url == url)).scalar() is not None
+    storage = storage_id(engine, url)
+    with engine.begin() as conn:
+        conn.execute(update(storages).where(storages.c.id == storage).values(source=source, secret=sealed))
+    return storage, not known
+
+
 def storage_url(engine: Engine, storage: int) -> str:
     """A storage's masked URL."""
     with engine.connect() as conn:

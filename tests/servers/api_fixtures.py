@@ -77,11 +77,12 @@ class ApiServers:
     started: list[ApiServer] = field(default_factory=list)
 
     def start(self, *, db_url: str | None = None, out_dir: Path | None = None, timeout: float = 30.0,
-              **settings: object) -> ApiServer:
+              healthy: bool = True, **settings: object) -> ApiServer:
         """Start ``pcrs-indexer serve`` over `db_url` (default a new SQLite file) and `out_dir`.
 
         `settings` are ``PCRS_INDEXER_<NAME>`` values (``broker_url=…``, ``admin_token=None`` to
-        leave one unset); the admin token and download secret are set unless told otherwise.
+        leave one unset); the admin token and download secret are set unless told otherwise. With
+        `healthy` false, ``/healthz`` answering at all (503 included) is enough.
         """
         n = len(self.started) + 1
         folder = self.workdir / f"api{n}"
@@ -106,7 +107,7 @@ class ApiServers:
                                        stdout=out, stderr=out, env=env, cwd=REPO, start_new_session=True)
         server = ApiServer(f"http://127.0.0.1:{port}", env, log, process)
         self.started.append(server)
-        wait_healthy(server, timeout)
+        wait_healthy(server, timeout, 200 if healthy else None)
         return server
 
     def stop(self) -> None:
@@ -115,15 +116,16 @@ class ApiServers:
             server.stop()
 
 
-def wait_healthy(server: ApiServer, timeout: float) -> dict[str, Any]:
-    """Wait until ``GET /healthz`` answers 200; fail with the server's log if it exits or times out."""
+def wait_healthy(server: ApiServer, timeout: float, status: int | None = 200) -> dict[str, Any]:
+    """Wait until ``GET /healthz`` answers `status` (None: anything); fail with the server's log if it exits
+    or times out."""
     deadline = time.monotonic() + timeout
     while True:
         if server.process.poll() is not None:
             raise AssertionError(f"pcrs-indexer serve exited {server.process.returncode}: {server.log_text()[-3000:]}")
         try:
             answer = httpx.get(f"{server.url}/healthz", timeout=2.0)
-            if answer.status_code == 200:
+            if status is None or answer.status_code == status:
                 body: dict[str, Any] = json.loads(answer.content)
                 return body
         except httpx.TransportError:
