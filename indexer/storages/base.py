@@ -8,11 +8,17 @@ they are served.
 from __future__ import annotations
 
 import asyncio
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Protocol
 
+from indexer.errors import ReadError
 from indexer.models import FileEntry
+
+STREAM_CHUNK = 1024 * 1024
+"""Bytes of one piece of a streamed read (`Storage.stream_range`): the most it holds at once."""
 
 
 class AsyncReads(Protocol):
@@ -52,6 +58,25 @@ class Storage(ABC):
     @abstractmethod
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """Bytes [start, end) of a file. Raises `ReadError`."""
+
+    def stream_range(self, path: str, start: int, end: int, deadline_s: float,
+                     chunk: int = STREAM_CHUNK) -> Iterator[bytes]:
+        """Bytes [start, end) of a file in pieces of at most `chunk` bytes, for a download.
+
+        Bounds: one piece is held at a time, each read with the storage's own timeouts and retries
+        (`read_range`); no piece starts after `deadline_s` seconds in all. Raises `ReadError` when
+        the deadline is past or the file ends before `end` (it changed since it was listed).
+        """
+        started = time.monotonic()
+        offset = start
+        while offset < end:
+            if time.monotonic() - started > deadline_s:
+                raise ReadError(path, f"the download took more than {deadline_s:g} s")
+            data = self.read_range(path, offset, min(end, offset + chunk))
+            if not data:
+                raise ReadError(path, f"the file ends at byte {offset}, before byte {end}")
+            offset += len(data)
+            yield data
 
     def stat(self, entry: FileEntry) -> FileEntry:
         """The entry completed with what the listing did not show (size, date, ETag), when it costs

@@ -23,9 +23,10 @@ import email.utils
 import re
 import socket
 import ssl
+import time
 import weakref
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC
 from typing import Any, TypeVar
@@ -50,7 +51,7 @@ from indexer.storages.access import (
     retry_async,
 )
 from indexer.storages.addresses import AddressPolicy
-from indexer.storages.base import AsyncReads, Storage
+from indexer.storages.base import STREAM_CHUNK, AsyncReads, Storage
 from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, CrawlLimits, listing_failure
 from indexer.storages.html_listing import parse_listing
 
@@ -405,6 +406,58 @@ class HTTPListingStorage(Storage):
 
         return await self._request(path, get)
 
+    def stream_range(self, path: str, start: int, end: int, deadline_s: float,
+                     chunk: int = STREAM_CHUNK) -> Iterator[bytes]:
+        """One ranged GET whose body is passed on a piece at a time (see `Storage.stream_range`).
+
+        The request and its retries have the retry policy's deadline; each piece then the
+        session's read timeout, and no piece starts after `deadline_s` in all. A server ignoring
+        ``Range`` is read past `start` and hung up on at `end`. The connection is given back to
+        the session once the range is read, closed when the reading stops before.
+        """
+        started = time.monotonic()
+        response: aiohttp.ClientResponse = sync(self.loop, self._open_range, path, start, end)
+        complete = False
+        try:
+            remaining = end - start
+            while remaining > 0:
+                if time.monotonic() - started > deadline_s:
+                    raise ReadError(path, f"the download took more than {deadline_s:g} s")
+                try:
+                    data: bytes = sync(self.loop, read_at_most, response, min(chunk, remaining))
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise ReadError(path, classify_http(exc).detail) from exc
+                if not data:
+                    raise ReadError(path, f"the file ends at byte {end - remaining}, before byte {end}")
+                remaining -= len(data)
+                yield data
+            complete = True
+        finally:
+            sync(self.loop, _finish, response, complete)
+
+    async def _open_range(self, path: str, start: int, end: int) -> aiohttp.ClientResponse:
+        async def get(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
+            response = await session.get(url, headers={"Range": f"bytes={start}-{end - 1}"})
+            try:
+                if response.status == 404:
+                    raise NotFound("HTTP 404", mask_url(url))
+                response.raise_for_status()
+                _refuse_encoded(path, response)
+                if response.status == 206:
+                    header = response.headers.get("Content-Range", "")
+                    match = _CONTENT_RANGE.fullmatch(header.strip())
+                    if match is None or int(match.group(1)) != start:
+                        raise ReadError(path, f"asked for bytes {start}-{end - 1}, the server sent "
+                                              f"Content-Range {header[:80]!r}")
+                else:  # 200: the server ignored the range
+                    await _skip(response, start)
+            except BaseException:
+                response.close()
+                raise
+            return response
+
+        return await self._request(path, get)
+
     def stat(self, entry: FileEntry) -> FileEntry:
         """A HEAD when the listing showed no exact size or no date; else the entry unchanged.
 
@@ -489,6 +542,14 @@ def _checked_size(entry: FileEntry, response: aiohttp.ClientResponse, received: 
         raise ReadError(entry.path, f"sizes disagree: received {received} bytes of the first {asked} of a "
                                     f"{size}-byte file")
     return size if size is not None else received
+
+
+async def _finish(response: aiohttp.ClientResponse, complete: bool) -> None:
+    """Give a response's connection back to its session once its body was read as asked, else close it."""
+    if complete:
+        response.release()
+    else:
+        response.close()
 
 
 def _close_later(loop: asyncio.AbstractEventLoop, client: aiohttp.ClientSession) -> None:
