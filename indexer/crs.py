@@ -29,3 +29,12 @@ def to_wgs84(crs_wkt: str) -> Transformer:
 def is_geographic(crs_wkt: str) -> bool:
     """Whether a CRS is in degrees rather than metres."""
     return bool(CRS.from_wkt(crs_wkt).is_geographic)
+
+
+@lru_cache(maxsize=64)
+def crs_name(crs_wkt: str) -> str | None:
+    """A CRS's name (``RGF93 v1 / Lambert-93``), None when PROJ cannot read it."""
+    try:
+        return str(CRS.from_wkt(crs_wkt).name)
+    except CRSError:
+        return None

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import Engine, Row, desc, exists, func, or_, select
 
 from indexer.errors import StorageNotFound
-from indexer.models import ACTIVE_SCANS, StorageStatus
+from indexer.models import ACTIVE_SCANS, FileEntry, StorageStatus
 from indexer.secrets import SecretBox
 from indexer.store.engine import aware
-from indexer.store.schema import livrables, scan_chunks, scan_jobs, scans, storages
+from indexer.store.schema import livrables, records, scan_chunks, scan_jobs, scans, storages
 
 
 def active_scan(engine: Engine, storage: int) -> int | None:
@@ -59,6 +59,29 @@ def scan_target(engine: Engine, scan: int) -> ScanTarget | None:
     if row is None:
         return None
     return ScanTarget(scan, row.storage_id, row.url, row.source, row.secret, bool(row.full))
+
+
+def storage_source(engine: Engine, storage: int, box: SecretBox) -> str | None:
+    """The URL to open a storage with, credentials included (opened with `box`); None when it is not known."""
+    with engine.connect() as conn:
+        row = conn.execute(select(storages.c.url, storages.c.source, storages.c.secret)
+                           .where(storages.c.id == storage)).first()
+    return None if row is None else ScanTarget(0, storage, row.url, row.source, row.secret, False).source(box)
+
+
+def storage_exists(engine: Engine, storage: int) -> bool:
+    """Whether the store has a storage of this id."""
+    with engine.connect() as conn:
+        return conn.execute(select(storages.c.id).where(storages.c.id == storage)).first() is not None
+
+
+def recorded_file(engine: Engine, storage: int, path: str) -> FileEntry | None:
+    """The file at `path` as the storage's last successful scan recorded it (a raster file, valid or
+    skipped); None when that scan has no such file."""
+    with engine.connect() as conn:
+        row = conn.execute(select(records.c.path, records.c.size, records.c.mtime, records.c.etag)
+                           .where(records.c.storage_id == storage, records.c.path == path)).first()
+    return None if row is None else FileEntry(row.path, row.size, row.mtime, row.etag)
 
 
 def pending_chunks(engine: Engine, scan: int) -> list[int]:
