@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer import __version__
-from indexer.api import scanner
+from indexer.api import files, items, scanner
 from indexer.api.auth import TokenRefused, Unauthorized, Unavailable
 from indexer.api.deps import ApiState, get_state
 from indexer.api.runner import Runner
@@ -173,4 +173,6 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
                        expose_headers=["Content-Length", "Content-Range", "ETag", "Content-Disposition"])
     app.include_router(health)
     app.include_router(scanner.router)
+    app.include_router(items.router)
+    app.include_router(files.router)
     return app
