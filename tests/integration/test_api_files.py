@@ -94,7 +94,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, module_api_server: ApiServer
         sources = {  # http first: the others get its records
             "http": f"{nginx.url}/livrable/",
             "ftp": f"ftp://pcrs:{FTP_PASSWORD}@{ftp.host}/livrable",
-            "sftp": f"sftp://{SFTP_USER}:{SFTP_PASSWORD}@{sshd.host}{root / 'livrable'}",
+            # by key: the system user's password is shared with every SSH test running on the machine
+            "sftp": f"sftp://{SFTP_USER}@{sshd.host}{root / 'livrable'}",
             "s3": f"s3://{BUCKET}/pcrs/livrable",
             "big": f"{nginx.url}/big/",
         }
@@ -126,7 +127,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, module_api_server: ApiServer
         engine.dispose()
         assert len(set(ids.values())) == len(sources), ids
         api = module_api_server.start(db_url=db_url, secret_key=key, s3_endpoint_url=s3.url, retries=1,
-                                      timeout_s=10, ftp_max_connections=2)
+                                      timeout_s=10, ftp_max_connections=2, sftp_key_file=sshd.client_key)
         yield World(root, api, ids, outs, ftp, int(unscanned))
     finally:
         for server in reversed(servers):
@@ -219,7 +220,7 @@ def test_download_streams_the_file_and_one_range(world: World, transport: str) -
     token = {"token": world.token(transport)}
     with world.api.client() as client:
         whole = client.get(url, params=token)
-        assert whole.status_code == 200
+        assert whole.status_code == 200, whole.text
         assert whole.content == data
         assert whole.headers["content-length"] == str(len(data))
         assert whole.headers["accept-ranges"] == "bytes"
