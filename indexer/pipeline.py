@@ -418,6 +418,7 @@ class Indexed:
         return {"source": result.source, "indexed": result.indexed, "reused": result.reused,
                 "skipped": len(result.problems), "duration_s": round(result.duration_s, 3),
                 "livrable": self.livrable, "livrable_chosen": self.chosen,
+                "quality": self.publication.quality.verdict(),
                 "outputs": {name: str(path) for name, path in self.publication.paths.items()}}
 
 

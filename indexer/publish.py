@@ -26,6 +26,7 @@ from indexer.emprise import check_footprints, compute_emprise
 from indexer.geojson import dalle_features, livrable_feature, write_feature_collection
 from indexer.models import Dalle, DalleProblem, ScanResult
 from indexer.projet import Livrable, Projet
+from indexer.quality import Quality, assess
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,16 @@ class Publication:
     result: ScanResult
     """The scan as published: its dalles that cannot be placed in WGS84 moved to its problems."""
     paths: dict[str, Path]
-    """``dalles``, ``livrables`` and ``report``: where each file is."""
+    """``dalles``, ``livrables``, ``report`` and ``quality``: where each file is."""
     emprise: BaseGeometry | None
     feature: dict[str, Any]
     """The livrable's feature of `livrables.geojson`."""
     emprise_s: float
     """Seconds computing the emprise."""
+    quality: Quality
+    """The livrable's quality checks, the content of ``quality.json``."""
+    quality_s: float
+    """Seconds computing them."""
     others: list[dict[str, Any]] = field(default_factory=list)
     """The features of the other livrables published on the storage, in the order given."""
 
@@ -74,7 +79,8 @@ def report(result: ScanResult, private: bool = False) -> dict[str, Any]:
 
 def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrable: Livrable | None,
                     today: date, others: Sequence[tuple[Projet | None, Livrable | None]] = ()) -> Publication:
-    """Compute a scan's emprise and write its three files into `out`, replaced together (`OutputSet`).
+    """Compute a scan's emprise and quality checks and write its four files into `out`, replaced together
+    (`OutputSet`).
 
     A dalle that cannot be placed in WGS84 (a record of an earlier version) is published as the
     `not_georeferenced` problem it is. The files describe `livrable`; the features of `others`,
@@ -89,6 +95,9 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
     emprise = compute_emprise(dalles)
     emprise_s = time.perf_counter() - started
     feature = livrable_feature(dalles, emprise, projet, livrable, today)
+    started = time.perf_counter()
+    quality = assess([*dalles, *result.problems])
+    quality_s = time.perf_counter() - started
     with OutputSet(out) as files:
         with files.open("dalles.geojson") as f:
             write_feature_collection(f, dalle_features(dalles, projet, livrable))
@@ -98,9 +107,12 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
             json.dump(report(result, private=livrable is not None and livrable.stockage_public is False), f,
                       ensure_ascii=False, indent=2, allow_nan=False)
             f.write("\n")
+        with files.open("quality.json") as f:
+            json.dump(quality.to_dict(), f, ensure_ascii=False, indent=2, allow_nan=False)
+            f.write("\n")
     paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson",
-             "report": out / "report.json"}
-    return Publication(result, paths, emprise, feature, emprise_s,
+             "report": out / "report.json", "quality": out / "quality.json"}
+    return Publication(result, paths, emprise, feature, emprise_s, quality, quality_s,
                        [livrable_feature(dalles, emprise, p, liv, today) for p, liv in others])
 
 

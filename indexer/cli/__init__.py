@@ -4,6 +4,7 @@ Data goes to stdout (JSON), messages and progress to stderr. Exit codes (`option
 0 ok, 1 unexpected, 2 usage, 3 storage, 4 not found, 5 a scan already running.
 
 - `index`: the one-machine job (`indexer.cli.index`);
+- `quality`: a storage's livrable checked from the store (`indexer.cli.quality`);
 - `publish`, `unpublish`, `storages`, `status`, `requeue`, `export`, `worker`, `beat`, `db`: the distributed
   service (`indexer.cli.fleet`);
 - `sample`: the sample livrable of the demo (`indexer.cli.dev`);
@@ -23,6 +24,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from indexer import __version__
 from indexer.cli import dev, fleet, serve
 from indexer.cli import index as index_command
+from indexer.cli import quality as quality_command
 from indexer.cli.options import ErrorBoundary
 from indexer.storages.access import ScrubFilter, log_extras
 
@@ -69,6 +71,7 @@ def main(ctx: click.Context, verbose: int) -> None:
 
 
 main.add_command(index_command.index)
+main.add_command(quality_command.quality)
 for command in (fleet.publish, fleet.unpublish, fleet.storages, fleet.status, fleet.requeue, fleet.export,
                 fleet.worker, fleet.beat, fleet.db):
     main.add_command(command)

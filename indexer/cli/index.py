@@ -16,7 +16,7 @@ from indexer.settings import get_settings
 @click.command()
 @click.argument("source")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder receiving dalles.geojson, livrables.geojson and report.json.")
+              help="Folder receiving dalles.geojson, livrables.geojson, report.json and quality.json.")
 @click.option("--projet", "projet_location", metavar="FILE_OR_URL",
               help="Projet document (JSON) as the PCRS API serves it.")
 @click.option("--livrable", "livrable_name", metavar="NAME", help="Livrable of the projet, by nom.")
@@ -38,4 +38,5 @@ def index(source: str, out: Path, projet_location: str | None, livrable_name: st
             click.echo(f"livrable {indexed.livrable!r} ({indexed.chosen})", err=True)
         click.echo(f"{summary['indexed']} dalles indexed, {summary['reused']} reused, "
                    f"{summary['skipped']} skipped, in {summary['duration_s']} s -> {out}", err=True)
+        click.echo(f"quality: {summary['quality']}", err=True)
     click.echo(json.dumps(summary, ensure_ascii=False))

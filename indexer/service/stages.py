@@ -211,7 +211,8 @@ def finalize_scan(engine: Engine, storage: Storage, target: ScanTarget, output_d
     if not scans.commit_scan(engine, target.storage, target.scan, features, counts):
         return None
     log.info("scan published", extra={"storage": storage.url, "scan": target.scan, "dalles": len(result.dalles),
-                                      "skipped": len(result.problems), "reused": result.reused})
+                                      "skipped": len(result.problems), "reused": result.reused,
+                                      "quality": publication.quality.verdict()})
     return Published(target.scan, target.storage, len(result.dalles), len(result.problems), result.reused, out)
 
 

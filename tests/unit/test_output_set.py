@@ -17,7 +17,7 @@ from indexer.publish import OutputSet, publish_outputs
 from indexer.read import read_dalle
 from indexer.storages import open_storage
 
-NAMES = ("dalles.geojson", "livrables.geojson", "report.json")
+NAMES = ("dalles.geojson", "livrables.geojson", "report.json", "quality.json")
 
 
 @pytest.fixture
