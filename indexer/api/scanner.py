@@ -330,27 +330,29 @@ def _record_rows(engine: Engine, storage: int) -> Iterator[tuple[str, int | None
 
 
 class _Summaries:
-    """The contents of each storage's last successful scan, kept while it stays the last (its records do not change)."""
+    """The contents and envelope of each storage's last successful scan, kept while it stays the last (its
+    records and outputs do not change until another scan succeeds)."""
 
     def __init__(self, size: int = 256) -> None:
         self._lock = threading.Lock()
-        self._kept: OrderedDict[tuple[int, int], Contents] = OrderedDict()
+        self._kept: OrderedDict[tuple[str, int, int], tuple[Contents, dict[str, Any] | None]] = OrderedDict()
         self._size = size
 
-    def get(self, engine: Engine, storage: int, scan: ScanFacts | None) -> Contents:
+    def get(self, engine: Engine, out_dir: Path, storage: int, scan: ScanFacts | None
+            ) -> tuple[Contents, dict[str, Any] | None]:
         if scan is None:
-            return Contents()
-        key = (storage, scan.id)
+            return Contents(), None
+        key = (engine.url.render_as_string(), storage, scan.id)  # one store per server, several in tests
         with self._lock:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
-        contents = summarize(_record_rows(engine, storage), scan.id)
+        found = summarize(_record_rows(engine, storage), scan.id), read_envelope(out_dir, storage)
         with self._lock:
-            self._kept[key] = contents
+            self._kept[key] = found
             while len(self._kept) > self._size:
                 self._kept.popitem(last=False)
-        return contents
+        return found
 
 
 SUMMARIES = _Summaries()
@@ -376,8 +378,7 @@ def read_envelope(out_dir: Path, storage: int) -> dict[str, Any] | None:
 def document_of(state: ApiState, storage: int, admin: bool) -> dict[str, Any]:
     """The storage document of a storage of the store."""
     facts = read_facts(state.engine, storage)
-    contents = SUMMARIES.get(state.engine, storage, facts.succeeded)
-    envelope = read_envelope(state.out_dir, storage) if facts.succeeded else None
+    contents, envelope = SUMMARIES.get(state.engine, state.out_dir, storage, facts.succeeded)
     return storage_document(facts, contents, envelope, admin)
 
 
