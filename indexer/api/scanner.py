@@ -437,7 +437,10 @@ def posted_source(body: Any) -> str:
     params = body.get("params")
     if params is not None and not isinstance(params, dict):
         raise ConfigError("params must be an object")
-    source = stockage_source(kind, params or {}, "storage")
+    params = params or {}
+    if params.get("url_externe") and not any(params.get(k) for k in ("url", "host", "bucket")):
+        raise ConfigError("storage: external (url_externe only): it cannot be scanned")
+    source = stockage_source(kind, params, "storage")
     scheme = urlsplit(source).scheme.lower()
     if scheme not in SCHEMES[kind]:
         raise ConfigError(f"storage: a {kind} storage is reached by {' or '.join(s + '://' for s in SCHEMES[kind])}, "

@@ -188,6 +188,9 @@ def test_posted_storages_make_their_source_url(body: dict[str, Any], source: str
     assert posted_source(body) == source
 
 
-def test_a_posted_url_of_another_scheme_is_refused() -> None:
+def test_a_posted_url_of_another_scheme_or_an_external_one_is_refused() -> None:
     with pytest.raises(ConfigError, match="^storage: a ftp storage is reached by ftp:// or ftps://, not https://$"):
         posted_source({"type": "ftp", "params": {"url": "https://example.fr/"}})
+    # The site attaches every livrable with a stockage, an external download portal included.
+    with pytest.raises(ConfigError, match=r"^storage: external \(url_externe only\): it cannot be scanned$"):
+        posted_source({"type": "http", "params": {"url_externe": "https://portail.example.fr/"}})
