@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN = $(VENV)/bin
 DEMO ?= demo-data
 BENCH_ARGS ?=
+STATIC = indexer/api/static
 
 .PHONY: demo test test-fast venv servers lint bench lock clean
 
@@ -20,12 +21,17 @@ test: venv servers lint
 test-fast: venv
 	$(BIN)/python -m pytest tests/unit
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed $(STATIC)/node_modules/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## The map page's library (Leaflet), from npm, as its lock file pins it (served by the API, inlined in preview.html).
+$(STATIC)/node_modules/.installed: $(STATIC)/package-lock.json
+	npm ci --prefix $(STATIC) --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## Install the real servers the tests start on loopback (nginx, ...). Needs root or sudo.

@@ -71,6 +71,10 @@ class ScanRunning(IndexerError):
     """A scan of the storage is already queued or running."""
 
 
+class MapAssetsMissing(IndexerError):
+    """The map library (Leaflet, installed by ``npm ci``) is not beside the package: no map page can be made."""
+
+
 class NotFound(FileNotFoundError):
     """The server says a file or folder does not exist.
 

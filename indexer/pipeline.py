@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from indexer.emprise import check_footprints
 from indexer.errors import ReadError, ScanRunning, ScanUnreliable, StorageUnreachable
 from indexer.models import Dalle, DalleProblem, FileEntry, Record, ScanResult, Signature, SkipReason
+from indexer.preview import write_index_preview
 from indexer.projet import Livrable, Projet, choose_livrable, load_projet
 from indexer.publish import Publication, publish_outputs
 from indexer.read import failed, parse_dalle, place_proprietary, read_dalle, skip_unread, unreadable
@@ -411,6 +412,8 @@ class Indexed:
     """The livrable of the projet the outputs describe, by ``nom``."""
     chosen: str | None = None
     """Why that livrable: ``named by --livrable``, ``the projet's only raster livrable``…"""
+    preview: Path | None = None
+    """The map of the outputs (``preview.html``), None when it could not be made."""
 
     def summary(self) -> dict[str, object]:
         """The one-line JSON summary of the command."""
@@ -419,7 +422,8 @@ class Indexed:
                 "skipped": len(result.problems), "duration_s": round(result.duration_s, 3),
                 "livrable": self.livrable, "livrable_chosen": self.chosen,
                 "quality": self.publication.quality.verdict(),
-                "outputs": {name: str(path) for name, path in self.publication.paths.items()}}
+                "outputs": {name: str(path) for name, path in
+                            {**self.publication.paths, **({"preview": self.preview} if self.preview else {})}.items()}}
 
 
 def index_livrable(settings: Settings, source: str, out: Path, projet_location: str | None = None,
@@ -444,5 +448,7 @@ def index_livrable(settings: Settings, source: str, out: Path, projet_location: 
             result = scan_storage(storage, engine, options, wrap)
     finally:
         engine.dispose()
-    publication = publish_outputs(out, result, projet, livrable, date.today())
-    return Indexed(result, publication, livrable.nom if livrable else None, chosen)
+    today = date.today()
+    publication = publish_outputs(out, result, projet, livrable, today)
+    preview = write_index_preview(out, publication, projet, livrable, today)
+    return Indexed(result, publication, livrable.nom if livrable else None, chosen, preview)

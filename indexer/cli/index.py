@@ -39,4 +39,6 @@ def index(source: str, out: Path, projet_location: str | None, livrable_name: st
         click.echo(f"{summary['indexed']} dalles indexed, {summary['reused']} reused, "
                    f"{summary['skipped']} skipped, in {summary['duration_s']} s -> {out}", err=True)
         click.echo(f"quality: {summary['quality']}", err=True)
+        if indexed.preview is not None:
+            click.echo(f"map of the livrable: {indexed.preview}", err=True)
     click.echo(json.dumps(summary, ensure_ascii=False))

@@ -7,6 +7,8 @@ set -euo pipefail
 PACKAGES=(nginx-light apache2 lighttpd proftpd-core proftpd-mod-crypto openssh-server openssl)
 # The distributed service tests: the broker and the shared state store.
 PACKAGES+=(redis-server postgresql)
+# The map page's tests: headless Chromium driven by selenium through chromedriver.
+PACKAGES+=(chromium chromium-driver)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
