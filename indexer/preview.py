@@ -33,11 +33,15 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from sqlalchemy import Engine
+
+from indexer.emprise import check_footprints, compute_emprise
 from indexer.errors import MapAssetsMissing
-from indexer.geojson import dalle_features
-from indexer.models import ScanResult, SkipReason
+from indexer.geojson import dalle_features, livrable_feature
+from indexer.models import Dalle, DalleProblem, ScanResult, SkipReason
 from indexer.projet import Livrable, Projet
 from indexer.publish import Publication, report
+from indexer.store import queries, records
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +164,33 @@ def preview_of(publication: Publication, projet: Projet | None, livrable: Livrab
     subtitle = "stockage privé" if private else result.source
     data = map_data(result, [publication.feature], title, subtitle, projet, livrable, private, when=today.isoformat())
     return render_page(data)
+
+
+def storage_map(engine: Engine, storage: int, download: str | None = None) -> dict[str, Any] | None:
+    """The page's data of a storage's last successful scan, from the store (its records, and its
+    livrables' emprises as last published, else computed from the records); None when it has none.
+
+    Raises `StorageNotFound` for an unknown storage.
+    """
+    last = queries.last_scan(engine, storage)
+    if last is None:
+        return None
+    checked = check_footprints(list(records.load_records(engine, storage)))
+    dalles = [r for r in checked if isinstance(r, Dalle)]
+    result = ScanResult(source=last.url, listed_files=last.listed, dalles=dalles,
+                        problems=[r for r in checked if isinstance(r, DalleProblem)], reused_paths=last.reused,
+                        duration_s=last.duration_s)
+    published = [(Projet.model_validate(document), nom, feature) for document, nom, feature in last.livrables]
+    chosen = [(p, next((liv for liv in p.livrables if liv.nom == nom), None)) for p, nom, _ in published]
+    projet, livrable = chosen[0] if chosen else (None, None)
+    private = any(liv is not None and liv.stockage_public is False for _, liv in chosen)
+    today = date.today()
+    features = [f for *_, f in published if f] or [livrable_feature(dalles, compute_emprise(dalles), projet,
+                                                                    livrable, today)]
+    title = " · ".join(nom for _, nom, _ in published) or last.url.rstrip("/").rsplit("/", 1)[-1] or last.url
+    when = last.finished_at.strftime("%Y-%m-%d %H:%M UTC") if last.finished_at else None
+    return map_data(result, features, title, "stockage privé" if private else last.url, projet, livrable,
+                    private, download, when)
 
 
 def write_index_preview(out: Path, publication: Publication, projet: Projet | None, livrable: Livrable | None,

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer import __version__
-from indexer.api import files, items, scanner
+from indexer.api import files, items, page, scanner
 from indexer.api.auth import TokenRefused, Unauthorized, Unavailable
 from indexer.api.deps import ApiState, get_state
 from indexer.api.runner import Runner
@@ -32,6 +32,7 @@ from indexer.errors import (
     ForbiddenAddress,
     InvalidSource,
     LivrableNotFound,
+    MapAssetsMissing,
     ScanRunning,
     StorageNotFound,
 )
@@ -52,6 +53,7 @@ STATUS_CODES: dict[type[Exception], int] = {
     ScanRunning: 409,
     Unavailable: 503,
     BrokerUnreachable: 503,
+    MapAssetsMissing: 503,
     SQLAlchemyError: 503,
 }
 """The status of each error class raised on purpose (the nearest class in its hierarchy)."""
@@ -175,4 +177,5 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
     app.include_router(scanner.router)
     app.include_router(items.router)
     app.include_router(files.router)
+    app.include_router(page.router)
     return app

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine, Row, desc, exists, func, or_, select
 
 from indexer.errors import StorageNotFound
-from indexer.models import ACTIVE_SCANS, FileEntry, StorageStatus
+from indexer.models import ACTIVE_SCANS, FileEntry, ScanStatus, StorageStatus
 from indexer.secrets import SecretBox
 from indexer.store.engine import aware
 from indexer.store.schema import livrables, records, scan_chunks, scan_jobs, scans, storages
@@ -232,3 +232,40 @@ def progress(engine: Engine, storage: int) -> Progress:
     return Progress(storage, st.url, row.id, row.status, row.step, row.trigger, row.listed, row.to_read, row.read,
                     row.reused, row.skipped, row.chunks, chunks_done, aware(row.started_at),
                     aware(row.heartbeat_at), aware(row.finished_at), row.error)
+
+
+@dataclass(frozen=True, slots=True)
+class LastScan:
+    """A storage's last successful scan, as its map shows it (`indexer.preview.storage_map`)."""
+
+    storage: int
+    url: str
+    """Its URL, credentials masked."""
+    scan: int
+    finished_at: datetime | None
+    listed: int
+    duration_s: float
+    reused: frozenset[str]
+    """The paths of its records taken from an earlier scan (reused, not read by it)."""
+    livrables: list[tuple[dict[str, Any], str, dict[str, Any] | None]]
+    """(projet document, nom, feature) of each livrable published on it, in the order first published."""
+
+
+def last_scan(engine: Engine, storage: int) -> LastScan | None:
+    """The storage's last successful scan; None when it has none. Raises `StorageNotFound`."""
+    with engine.connect() as conn:
+        url = conn.execute(select(storages.c.url).where(storages.c.id == storage)).scalar()
+        if url is None:
+            raise StorageNotFound(f"no storage {storage} in the state store")
+        row = conn.execute(select(scans.c.id, scans.c.finished_at, scans.c.listed, scans.c.duration_s)
+                           .where(scans.c.storage_id == storage, scans.c.status == ScanStatus.SUCCEEDED)
+                           .order_by(scans.c.id.desc()).limit(1)).first()
+        if row is None:
+            return None
+        reused = frozenset(conn.scalars(select(records.c.path).where(
+            records.c.storage_id == storage, records.c.scan_id != row.id)))
+        published = [(r.projet, r.nom, r.feature) for r in conn.execute(
+            select(livrables.c.projet, livrables.c.nom, livrables.c.feature)
+            .where(livrables.c.storage_id == storage).order_by(livrables.c.id))]
+    return LastScan(storage, url, row.id, aware(row.finished_at), row.listed or 0, row.duration_s or 0.0, reused,
+                    published)

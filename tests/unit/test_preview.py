@@ -53,7 +53,9 @@ def test_index_writes_a_self_contained_map_of_its_outputs(sample_livrable: Path,
     assert f"map of the livrable: {out / 'preview.html'}" in result.stderr.splitlines()
     page = (out / "preview.html").read_text(encoding="utf-8")
     # Self-contained: Leaflet, the page's script and style inlined, nothing fetched.
-    assert "<script src=" not in page and "<link " not in page and "sourceMappingURL" not in page
+    assert "<script src=" not in page and '<link rel="stylesheet"' not in page and "sourceMappingURL" not in page
+    head = page[:page.index("</head>")]
+    assert re.findall(r'(?:src|href)="([^"]*)"', head) == [re.search(r'rel="icon" href="(data:[^"]*)"', head)[1]]
     assert (preview.LEAFLET / "leaflet.js").read_text(encoding="utf-8")[:200] in page
     data = page_data(page)
     assert data["title"] == "livrable" and data["subtitle"] == sample_livrable.as_uri()

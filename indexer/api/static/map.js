@@ -167,7 +167,7 @@
       block.appendChild(el("p", "pcrs-aside", "Sans emprise (fichiers listés plus bas)"));
       listed.forEach(function (row) { block.appendChild(row); });
     }
-    legend.appendChild(block);
+    if (layer.classes.some(function (cls) { return cls.count; })) { legend.appendChild(block); }
   });
 
   if (unplaced.length) {
