@@ -16,6 +16,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from indexer.api.deps import ApiState, get_state
+from indexer.api.scanner import parse_id
 from indexer.errors import StorageNotFound
 from indexer.preview import LEAFLET, STATIC, check_assets, render_page, storage_map
 
@@ -31,18 +32,11 @@ STATIC_FILES: dict[str, tuple[Path, str]] = {
 STATIC_MAX_AGE_S = 3600
 
 
-def storage_key(storage_id: str) -> int:
-    """A storage's id from the path; `StorageNotFound` (404) for one that cannot be an id."""
-    if storage_id.isascii() and storage_id.isdigit() and int(storage_id) < 2**63:
-        return int(storage_id)
-    raise StorageNotFound(f"no storage {storage_id!r}")
-
-
 @router.get("/storages/{storage_id}/preview", response_class=HTMLResponse,
             summary="The map of the storage's last successful scan: emprises, dalles by outcome, legend, properties")
 async def preview(storage_id: str, state: Annotated[ApiState, Depends(get_state)]) -> HTMLResponse:
     """The map page; 404 for an unknown storage or one never scanned successfully, 503 without Leaflet."""
-    key = storage_key(storage_id)
+    key = parse_id(storage_id)
     check_assets()
     data = await run_in_threadpool(storage_map, state.engine, key, "files/")
     if data is None:
