@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from pyproj import CRS
@@ -74,7 +75,7 @@ def indexed(server: ApiServer, sample_livrable: Path, tmp_path_factory: pytest.T
 
 
 def test_the_served_page_in_chromium(chromium: webdriver.Chrome, server: ApiServer,  # noqa: F811
-                                     indexed: Path, tmp_path: Path) -> None:
+                                     indexed: Path, sample_livrable: Path, tmp_path: Path) -> None:
     with server.client() as client:
         page = client.get("/storages/1/preview")
         assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
@@ -105,6 +106,8 @@ def test_the_served_page_in_chromium(chromium: webdriver.Chrome, server: ApiServ
     path = properties(chromium)["chemin"]
     link = chromium.find_element(By.CSS_SELECTOR, "#pcrs-properties a.pcrs-download").get_attribute("href")
     assert link == f"{server.url}/storages/1/files/{quote(path)}?token={quote(token)}"
+    download = httpx.get(link, timeout=10)
+    assert download.status_code == 200 and download.content == (sample_livrable / path).read_bytes()
     chromium.save_screenshot(str(tmp_path / "served.png"))
     assert chromium.get_log("browser") == []
 
