@@ -96,7 +96,7 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
     emprise_s = time.perf_counter() - started
     feature = livrable_feature(dalles, emprise, projet, livrable, today)
     started = time.perf_counter()
-    quality = assess([*dalles, *result.problems])
+    quality = assess([*dalles, *result.problems], placed=True)
     quality_s = time.perf_counter() - started
     with OutputSet(out) as files:
         with files.open("dalles.geojson") as f:

@@ -51,6 +51,8 @@ MAX_GRID_CELLS = 16_000_000
 """Most cells of one CRS's grid (its extent, in dalles) searched for holes: 800 km by 800 km of 200 m dalles."""
 MAX_LISTED_HOLES = 10_000
 """Most hole cells listed with their bounds; all are counted."""
+MAX_NEIGHBOUR_CELLS = 1_000_000
+"""Most cells around suspect dalles whose dalles are compared with them; beyond, every dalle is."""
 NAME_SAMPLE = 500
 """Dalles whose names decide the naming convention (evenly spread); every name is then checked."""
 MAX_NAME_NUMBER = 20
@@ -452,23 +454,46 @@ def _duplicates(group: _Group, layout: _Layout) -> list[Duplicate]:
     return found
 
 
+def _neighbourhood(layout: _Layout, group: _Group, suspects: np.ndarray) -> np.ndarray:
+    """The dalles a suspect may overlap: those whose cell is within its reach (its size in cells, and
+    one more), the suspects included; every dalle when that would cost more than `MAX_NEIGHBOUR_CELLS`."""
+    k = np.flatnonzero(suspects)
+    (sx, sy) = layout.size
+    reach = np.column_stack([np.ceil((group.xmax[k] - group.xmin[k]) / sx),
+                             np.ceil((group.ymax[k] - group.ymin[k]) / sy)]).astype(np.int64) + 1
+    if int(((2 * reach[:, 0] + 1) * (2 * reach[:, 1] + 1)).sum()) > MAX_NEIGHBOUR_CELLS:
+        return np.ones(len(suspects), dtype=bool)
+    keys = []
+    order, starts, lengths = _runs(reach)
+    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+        rx, ry = reach[order[start]].tolist()
+        offsets = np.stack(np.meshgrid(np.arange(-rx, rx + 1), np.arange(-ry, ry + 1)), axis=-1).reshape(-1, 2)
+        cells = layout.cells[k[order[start:start + length]]]
+        keys.append((cells[:, None, :] + offsets[None, :, :]).reshape(-1, 2))
+    near = np.concatenate(keys)
+    # A cell as one number, exactly (cells are integers far below 2**53), for a vectorised lookup.
+    found: np.ndarray = np.isin(layout.cells[:, 0] + 1j * layout.cells[:, 1], near[:, 0] + 1j * near[:, 1]) | suspects
+    return found
+
+
 def _overlaps(group: _Group, layout: _Layout, suspects: np.ndarray) -> list[Overlap]:
     """Pairs of dalles in different cells sharing more than a sliver, one of them suspect (off the grid,
     rotated or of another size): dalles of the dominant size on the grid overlap nothing else."""
-    candidates = np.flatnonzero(suspects)
-    if not len(candidates):
+    if not suspects.any():
         return []
-    polygons = footprints(group.corners, 9 if group.tolerance < PROJECTED_TOLERANCE else 3)
+    involved = np.flatnonzero(_neighbourhood(layout, group, suspects))
+    polygons = footprints(group.corners[involved], 9 if group.tolerance < PROJECTED_TOLERANCE else 3)
+    candidates = np.flatnonzero(suspects[involved])
     pairs = shapely.STRtree(polygons).query(polygons[candidates], predicate="intersects")
     a, b = candidates[pairs[0]], pairs[1]
-    keep = (layout.cells[a] != layout.cells[b]).any(axis=1)
+    keep = (layout.cells[involved[a]] != layout.cells[involved[b]]).any(axis=1)
     first, second = np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
     unique = np.unique(np.column_stack([first, second]), axis=0) if len(first) else np.empty((0, 2), np.int64)
     if not len(unique):
         return []
     areas = shapely.area(shapely.intersection(polygons[unique[:, 0]], polygons[unique[:, 1]]))
     sliver = group.tolerance * max(layout.size)
-    return [Overlap((group.dalles[i].path, group.dalles[j].path), float(area))
+    return [Overlap((group.dalles[involved[i]].path, group.dalles[involved[j]].path), float(area))
             for (i, j), area in zip(unique.tolist(), areas.tolist(), strict=True) if area > sliver]
 
 
@@ -516,26 +541,28 @@ def crs_name(epsg: int | None, crs_wkt: str) -> str:
 
 
 def _shown(combination: tuple[Any, ...]) -> tuple[str | None, ...]:
-    """The `PARAMETERS` values of one combination (CRS, resolution, width, height, bands, compression, mime)."""
-    crs, resolution, width, height, bands, compression, mime = combination
-    return (crs, f"{resolution:g} cm", f"{width}x{height}", "/".join(bands), compression, FORMATS.get(mime, mime))
+    """The `PARAMETERS` values of one combination (see `_combinations`)."""
+    epsg, crs_wkt, resolution, width, height, bands, compression, mime = combination
+    return (crs_name(epsg, crs_wkt), f"{resolution:g} cm", f"{width}x{height}", "/".join(bands), compression,
+            FORMATS.get(mime, mime))
 
 
-def _outliers(dalles: Sequence[Dalle], crs_names: list[str]
+def _combinations(dalles: Sequence[Dalle]) -> tuple[list[tuple[Any, ...]], np.ndarray]:
+    """The distinct combinations of (EPSG code, CRS, resolution, width, height, bands, compression, mime)
+    and the number of each dalle's: a livrable has a handful, spelled once each rather than per dalle."""
+    combinations: dict[tuple[Any, ...], int] = {}
+    ids = np.array([combinations.setdefault((d.epsg, d.crs_wkt, d.resolution_cm, d.width, d.height, d.bands,
+                                             d.compression, d.mime), len(combinations)) for d in dalles],
+                   dtype=np.int64)
+    return list(combinations), ids
+
+
+def _outliers(dalles: Sequence[Dalle], shown: list[tuple[str | None, ...]], ids: np.ndarray
               ) -> tuple[tuple[tuple[str, str | None], ...], list[Outlier]]:
-    """The majority value of each parameter, and every dalle's parameter off it.
-
-    Dalles are counted by combination of parameters (a livrable has a handful): each value is
-    spelled once per combination, not per dalle.
-    """
+    """The majority value of each parameter, and every dalle's parameter off it."""
     if not dalles:
         return (), []
-    combinations: dict[tuple[Any, ...], int] = {}
-    ids = np.array([combinations.setdefault((crs, d.resolution_cm, d.width, d.height, d.bands, d.compression,
-                                             d.mime), len(combinations))
-                    for d, crs in zip(dalles, crs_names, strict=True)], dtype=np.int64)
-    sizes = np.bincount(ids, minlength=len(combinations))
-    shown = [_shown(c) for c in combinations]
+    sizes = np.bincount(ids, minlength=len(shown))
     majority: list[tuple[str, str | None]] = []
     outliers: list[Outlier] = []
     for p, parameter in enumerate(PARAMETERS):
@@ -691,12 +718,12 @@ def _tolerance(crs_wkt: str) -> float:
         return PROJECTED_TOLERANCE
 
 
-def assess(records: Iterable[Record]) -> Quality:
+def assess(records: Iterable[Record], placed: bool = False) -> Quality:
     """Check a livrable from its records: the valid dalles and the skipped files of its last scan.
 
     A dalle that cannot be placed (`placement_problems`) counts as a skipped ``not_georeferenced``
-    file. Costs a few array passes over the dalles, and a Python step per dalle only to read its
-    fields and its name.
+    file; `placed` says the caller checked that already. Costs a few array passes over the
+    dalles, and a Python step per dalle only to read its fields and its name.
     """
     dalles: list[Dalle] = []
     skipped: dict[str, list[str]] = defaultdict(list)
@@ -707,20 +734,22 @@ def assess(records: Iterable[Record]) -> Quality:
             skipped[record.reason].append(record.path)
     dalles.sort(key=attrgetter("file.path"))
     corners = corner_array(dalles)
-    unplaced = placement_problems(dalles, corners)
+    unplaced = {} if placed else placement_problems(dalles, corners)
     if unplaced:
         skipped[SkipReason.NOT_GEOREFERENCED] += [dalles[k].path for k in unplaced]
         keep = np.array([k not in unplaced for k in range(len(dalles))], dtype=bool)
         dalles = [d for d, kept in zip(dalles, keep.tolist(), strict=True) if kept]
         corners = corners[keep]
-    names_of = {key: crs_name(*key) for key in {(d.epsg, d.crs_wkt) for d in dalles}}
-    crs_names = [names_of[d.epsg, d.crs_wkt] for d in dalles]
-    indices: dict[str, list[int]] = defaultdict(list)
-    for k, crs in enumerate(crs_names):
-        indices[crs].append(k)
-    findings = [_assess_group(_Group(crs, [dalles[k] for k in ks], corners[ks], _tolerance(dalles[ks[0]].crs_wkt)))
-                for crs, ks in sorted(indices.items(), key=lambda item: (-len(item[1]), item[0]))]
-    majority, outliers = _outliers(dalles, crs_names)
+    combinations, ids = _combinations(dalles)
+    shown = [_shown(c) for c in combinations]
+    crs_of = np.array([values[0] for values in shown], dtype=object)[ids] if dalles else np.array([], dtype=object)
+    groups = []
+    for crs in set(crs_of.tolist()):
+        ks = np.flatnonzero(crs_of == crs)
+        tolerance = _tolerance(dalles[int(ks[0])].crs_wkt)
+        groups.append(_Group(str(crs), [dalles[k] for k in ks.tolist()], corners[ks], tolerance))
+    findings = [_assess_group(g) for g in sorted(groups, key=lambda g: (-len(g.dalles), g.crs))]
+    majority, outliers = _outliers(dalles, shown, ids)
     tolerance = _tolerance(dalles[0].crs_wkt) if dalles else PROJECTED_TOLERANCE
     convention, agreeing, mismatches = _names(dalles, corners, tolerance)
     return Quality(
@@ -737,4 +766,3 @@ def assess(records: Iterable[Record]) -> Quality:
         names_disagreeing=tuple(mismatches),
         skipped=tuple((reason, tuple(sorted(paths))) for reason, paths in sorted(skipped.items())),
     )
-

@@ -695,6 +695,9 @@ def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] = log
                                                "store": str(folder / "state.sqlite"),
                                                "out": str(folder / "out")}, folder)
             rows.append(Row("synthetic", config.synthetic_dalles, measured))
+            from tests.benchmarks.quality_bench import quality_row  # the quality checks of as many dalles
+
+            rows.append(quality_row(config.synthetic_dalles, runs / f"quality-{config.synthetic_dalles}"))
         result = BenchmarkResult(config, rows, generation)
         if config.keep:
             (workdir / "results.json").write_text(json.dumps(result.as_dict(), indent=2))
