@@ -300,13 +300,20 @@ def reference_listing(root_url: str, max_pages: int = 100_000) -> tuple[list[str
     return urls, sizes
 
 
-def reference_read(url: str) -> dict[str, Any]:
-    """What the reference collects from one dalle, opened as ``/vsicurl/URL`` with GDAL's defaults."""
+GDAL_TUNED = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_INGESTED_BYTES_AT_OPEN": "16384",
+              "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.jp2", "GDAL_HTTP_MULTIPLEX": "YES"}
+"""What an expert sets for GDAL to open many remote headers: no folder listing, one 16 KiB first read."""
+GDAL_TUNED_PROCESSES = (8, 32, 64)
+"""The tuned peer runs in each of these numbers of processes; the best is kept."""
+
+
+def reference_read(path: str) -> dict[str, Any]:
+    """What the reference collects from one dalle, opened by GDAL as `path` (``/vsicurl/URL``, ``/vsis3/…``)."""
     import rasterio
     from rasterio.errors import RasterioError
 
     try:
-        with rasterio.open("/vsicurl/" + url) as src:
+        with rasterio.open(path) as src:
             crs = src.crs
             compression = (src.compression.name if src.compression
                            else src.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION_REVERSIBILITY"))
@@ -322,48 +329,65 @@ def reference_read(url: str) -> dict[str, Any]:
     return meta
 
 
-def run_reference(params: dict[str, Any]) -> dict[str, Any]:
-    """The reference approach: listing pages, then `reference_read` in 8 worker processes."""
+def _gdal_worker(env: dict[str, str]) -> None:
+    os.environ.update(env)  # GDAL reads its configuration from the environment at each use
+
+
+def run_gdal_pool(paths: list[str], processes: int, env: dict[str, str]) -> dict[str, Any]:
+    """`reference_read` of every path in `processes` forked workers (rasterio holds the GIL while GDAL
+    waits), with `env` as GDAL's configuration: dalles, errors, CPU and the summed peak RSS."""
     import multiprocessing
 
     import rasterio  # noqa: F401 - imported before the workers fork, as a long-running scanner would
 
-    processes = int(params.get("processes", REFERENCE_PROCESSES))
-    pool = multiprocessing.get_context("fork").Pool(processes)
-    cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
+    cpu0 = _cpu_s(resource.RUSAGE_CHILDREN)
+    pool = multiprocessing.get_context("fork").Pool(processes, initializer=_gdal_worker, initargs=(env,))
     try:
-        urls, _sizes = reference_listing(params["url"])
-        listed = time.perf_counter()
-        records = list(pool.imap_unordered(reference_read, urls, chunksize=1))
+        records = list(pool.imap_unordered(reference_read, paths, chunksize=1))
         pool.close()
     except BaseException:
         pool.terminate()
         raise
     finally:
         pool.join()
-    wall = time.perf_counter() - started
     worker_rss: dict[int, float] = {}
     for record in records:
         worker_rss[record["pid"]] = max(worker_rss.get(record["pid"], 0.0), record["maxrss_mb"])
-    return {
-        "dalles": sum(1 for r in records if "error" not in r),
-        "errors": sum(1 for r in records if "error" in r),
-        "wall_s": wall, "list_s": listed - started,
-        "cpu_s": _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0,
-        "rss_mb": peak_rss_mb() + sum(worker_rss.values()),
-        "read": len(urls), "reused": 0,
-    }
+    return {"dalles": sum(1 for r in records if "error" not in r),
+            "errors": sum(1 for r in records if "error" in r),
+            "cpu_s": _cpu_s(resource.RUSAGE_CHILDREN) - cpu0, "rss_mb": sum(worker_rss.values())}
 
 
-def loopback_storage(url: str, connections: int = 32) -> Storage:
+def run_reference(params: dict[str, Any]) -> dict[str, Any]:
+    """GDAL opening every dalle in worker processes: the file list from the listing pages (HTTP) or
+    from boto3 (S3), then `run_gdal_pool` with GDAL's defaults or the configuration given."""
+    cpu0 = _cpu_s(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    if params.get("s3_endpoint"):
+        from tests.benchmarks.remote import s3_listing
+
+        paths = [f"/vsis3/{params['bucket']}/{key}" for key in s3_listing(params["s3_endpoint"], params["prefix"])]
+    else:
+        urls, _sizes = reference_listing(params["url"])
+        paths = ["/vsicurl/" + url for url in urls]
+    listed = time.perf_counter()
+    pool = run_gdal_pool(paths, int(params.get("processes", REFERENCE_PROCESSES)), params.get("env", {}))
+    wall = time.perf_counter() - started
+    return {**pool, "wall_s": wall, "list_s": listed - started,
+            "cpu_s": _cpu_s(resource.RUSAGE_SELF) - cpu0 + pool["cpu_s"],
+            "rss_mb": peak_rss_mb() + pool["rss_mb"], "read": len(paths), "reused": 0,
+            "processes": int(params.get("processes", REFERENCE_PROCESSES))}
+
+
+def loopback_storage(url: str, connections: int = 32, key_file: str | None = None) -> Storage:
     """Our storage for a URL on 127.0.0.1: the address policy lets loopback through; as many
     connections as reads in flight, as ``pcrs-indexer index --concurrency`` opens."""
     from indexer.storages import AccessOptions, open_storage
     from indexer.storages.addresses import AddressPolicy
 
     return open_storage(url, options=AccessOptions(addresses=AddressPolicy.of(["127.0.0.0/8"]),
-                                                   connections=connections))
+                                                   connections=connections,
+                                                   sftp_key_file=Path(key_file) if key_file else None))
 
 
 def run_ours(params: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +404,7 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
                           full=bool(params.get("full", False)))
     cpu0 = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN)  # any child process included
     started = time.perf_counter()
-    storage = loopback_storage(params["url"], options.concurrency)
+    storage = loopback_storage(params["url"], options.concurrency, params.get("key"))
     engine = create_store(f"sqlite:///{params['store']}")
     list_files = storage.list_files
     listing_s: list[float] = []
@@ -393,7 +417,10 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
             listing_s.append(time.perf_counter() - begin)
 
     setattr(storage, "list_files", timed_list_files)  # noqa: B010 - time the listing stage alone
-    result = scan_storage(storage, engine, options)
+    try:
+        result = scan_storage(storage, engine, options)
+    finally:
+        storage.close()
     scanned = time.perf_counter()
     publication = publish_outputs(Path(params["out"]), result, None, None, date.today())
     emprised = scanned + publication.emprise_s
@@ -465,14 +492,32 @@ def run_synthetic(params: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _remote_runner(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def run(params: dict[str, Any]) -> dict[str, Any]:
+        from tests.benchmarks import remote
+
+        return getattr(remote, name)(params)  # type: ignore[no-any-return]
+
+    return run
+
+
 RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "reference": run_reference, "ours": run_ours, "synthetic": run_synthetic}
+    "reference": run_reference, "ours": run_ours, "synthetic": run_synthetic,
+    "ftp-reference": _remote_runner("run_ftp_reference"),
+    "sftp-reference": _remote_runner("run_sftp_gateway_reference"),
+    "sftp-peer": _remote_runner("run_sftp_peer")}
 
 
 def run_child(runner: str, params: dict[str, Any], workdir: Path, timeout_s: float = CHILD_TIMEOUT_S
               ) -> dict[str, Any]:
-    """Run one of `RUNNERS` in a fresh Python process and return what it measured."""
+    """Run one of `RUNNERS` in a fresh Python process and return what it measured.
+
+    With ``PCRS_BENCH_IN_PROCESS=1`` (the tiny CI run) it runs in this process instead: the paths
+    are the same, but CPU and RSS are then this whole process's, and no import is paid again.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PCRS_BENCH_IN_PROCESS") == "1":
+        return RUNNERS[runner](json.loads(json.dumps(params)))
     params_path = workdir / f"{runner}-params.json"
     result_path = workdir / f"{runner}-result.json"
     params_path.write_text(json.dumps(params))
@@ -481,6 +526,7 @@ def run_child(runner: str, params: dict[str, Any], workdir: Path, timeout_s: flo
                                 str(result_path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, timeout=timeout_s, check=False, cwd=REPO)
     if completed.returncode != 0 or not result_path.exists():
+        (workdir / f"{runner}-stderr.txt").write_bytes(completed.stderr)
         tail = completed.stderr.decode("utf-8", "replace").strip().splitlines()[-5:]
         raise RuntimeError(f"benchmark run {runner!r} failed (exit {completed.returncode}): " + " | ".join(tail))
     return json.loads(result_path.read_text())  # type: ignore[no-any-return]
@@ -504,19 +550,24 @@ def _child_main(argv: list[str]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+STORAGES = ("http", "ftp", "sftp", "s3")
+
+
 @dataclass(frozen=True, slots=True)
 class BenchmarkConfig:
     """What the benchmark runs.
 
     Args:
         sizes: livrable sizes, in dalles, each scanned by the reference and by us.
-        latency_ms: delay the server adds to every request.
+        latency_ms: round trip of the delay line in front of every server.
         workdir: where the livrables, templates and stores go; a temporary folder when None.
         keep: keep what was generated (a later run in the same workdir reuses the livrables).
         concurrency: our header reads in flight; None for the scan's default.
         header_bytes: our prefix read; None for the scan's default.
         synthetic_dalles: size of the no-I/O emprise/store/export row; 0 leaves it out.
-        reference_processes: the reference's reads in flight.
+        reference_processes: the HTTP and SFTP references' reads in flight.
+        storages: the storages measured, among `STORAGES`.
+        tuned_processes: the process counts the GDAL tuned peers try; the best is kept.
     """
 
     sizes: tuple[int, ...] = (1000, 10_000)
@@ -528,6 +579,8 @@ class BenchmarkConfig:
     synthetic_dalles: int = SYNTHETIC_DALLES
     reference_processes: int = REFERENCE_PROCESSES
     template_pixels: int = DALLE_PIXELS
+    storages: tuple[str, ...] = STORAGES
+    tuned_processes: tuple[int, ...] = GDAL_TUNED_PROCESSES
 
 
 @dataclass(slots=True)
@@ -539,6 +592,8 @@ class Row:
     measured: dict[str, Any]
     server: dict[str, Any] = field(default_factory=dict)
     reference: Row | None = None
+    peer: Row | None = None
+    storage: str = ""
 
     @property
     def dalles(self) -> int:
@@ -552,12 +607,12 @@ class Row:
 
     @property
     def requests_per_dalle(self) -> float | None:
-        """HTTP requests per dalle, listing pages included."""
-        return self.server["requests"] / self.size if self.server else None
+        """Requests per dalle, listing included, as the server counts them."""
+        return self.server["requests"] / self.size if self.server.get("requests") is not None else None
 
     @property
     def kb_per_dalle(self) -> float | None:
-        """KiB sent by the server per dalle, headers and listing pages included."""
+        """KiB sent by the server per dalle, headers and listing included."""
         return self.server["bytes_sent"] / 1024 / self.size if self.server else None
 
     @property
@@ -587,9 +642,11 @@ class BenchmarkResult:
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
             "generation": [{"count": g.count, "total_bytes": g.total_bytes, "seconds": round(g.seconds, 3)}
                            for g in self.generation],
-            "rows": [{"label": r.label, "size": r.size, "measured": r.measured, "server": r.server,
-                      "dalles_per_s": r.per_second, "requests_per_dalle": r.requests_per_dalle,
-                      "kb_per_dalle": r.kb_per_dalle, "cpu_ms_per_dalle": r.cpu_ms_per_dalle}
+            "rows": [{"label": r.label, "storage": r.storage, "size": r.size, "measured": r.measured,
+                      "server": r.server, "dalles_per_s": r.per_second, "requests_per_dalle": r.requests_per_dalle,
+                      "kb_per_dalle": r.kb_per_dalle, "cpu_ms_per_dalle": r.cpu_ms_per_dalle,
+                      "vs_reference": r.per_second / r.reference.per_second if r.reference else None,
+                      "vs_peer": r.per_second / r.peer.per_second if r.peer else None}
                      for r in self.rows],
         }
 
@@ -612,21 +669,22 @@ def _num(value: float | None, digits: int = 1) -> str:
 
 
 def format_table(rows: list[Row], config: BenchmarkConfig) -> str:
-    """The benchmark table: one line per run, ratios to the reference run of the same size."""
-    header = ("run", "dalles", "wall s", "dalles/s", "vs ref", "req/dalle", "vs ref", "KiB/dalle", "vs ref",
-              "raster req", "CPU ms/dalle", "peak RSS MB", "list s", "emprise s")
+    """The benchmark table: one line per run, ratios to the reference and the peer of the same size."""
+    header = ("run", "dalles", "wall s", "dalles/s", "vs ref", "vs peer", "req/dalle", "vs ref", "KiB/dalle",
+              "vs ref", "raster req", "CPU ms/dalle", "peak RSS MB", "list s", "emprise s")
     lines = [header]
     for row in rows:
-        ref = row.reference
+        ref, peer = row.reference, row.peer
         m = row.measured
         lines.append((
             row.label, f"{row.size:,}", _num(m["wall_s"], 2), _num(row.per_second, 0),
             _ratio(row.per_second, ref.per_second) if ref else "-",
+            _ratio(row.per_second, peer.per_second) if peer else "-",
             _num(row.requests_per_dalle, 3),
             _ratio(row.requests_per_dalle, ref.requests_per_dalle, inverse=True) if ref else "-",
             _num(row.kb_per_dalle, 1),
             _ratio(row.kb_per_dalle, ref.kb_per_dalle, inverse=True) if ref else "-",
-            f"{row.server['raster_requests']:,}" if row.server else "-",
+            f"{row.server['raster_requests']:,}" if row.server.get("raster_requests") is not None else "-",
             _num(row.cpu_ms_per_dalle, 2), _num(m["rss_mb"], 0),
             _num(m.get("list_s"), 2), _num(m.get("emprise_s"), 2),
         ))
@@ -638,13 +696,19 @@ def format_table(rows: list[Row], config: BenchmarkConfig) -> str:
         if n == 0:
             text.append("  ".join("-" * w for w in widths))
     text.append("")
-    text.append(f"Latency {config.latency_ms:g} ms added to every request. Reference: each dalle opened as "
-                f"/vsicurl/URL "
-                f"with GDAL's defaults, {config.reference_processes} worker processes; its peak RSS is the sum over "
-                "its processes. 'vs ref': ours/ref for dalles/s, ref/ours for requests and KiB, against the reference "
-                "run of the same size. Requests, KiB and raster requests are counted by the server, listing pages "
-                "included; CPU is the run's own, not the server's. 'synthetic': emprise, store and export of records "
-                "made in memory, no network.")
+    text.append(
+        f"Every server behind a TCP delay line of {config.latency_ms:g} ms round trip. 'vs ref', 'vs peer': "
+        "ours/theirs for dalles/s, theirs/ours for requests and KiB, against the run of the same storage and size. "
+        "References (the current scanner's ways): HTTP, /vsicurl/ with GDAL's defaults in "
+        f"{config.reference_processes} processes; FTP, one dalle at a time, each 16 KiB block through a fresh login; "
+        f"SFTP, GDAL's default /vsicurl/ through an HTTP gateway on one cached SFTP connection, "
+        f"{config.reference_processes} processes. Peers: 'GDAL tuned' (/vsicurl/ or /vsis3/ with "
+        "GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR, GDAL_INGESTED_BYTES_AT_OPEN=16384, CPL_VSIL_CURL_ALLOWED_EXTENSIONS, "
+        "GDAL_HTTP_MULTIPLEX=YES; the best of its process counts, in brackets); SFTP, rasterio through sshfs file "
+        "objects, 8 threads. Requests: HTTP and S3 requests and FTP commands, counted by the servers, "
+        "listing included (OpenSSH logs no SFTP request); KiB: what the server sent. Peak RSS sums a run's "
+        "processes; CPU is the run's own, not the server's. 'synthetic': emprise, store and export of records "
+        "made in memory, no network.")
     return "\n".join(text)
 
 
@@ -665,12 +729,10 @@ def _workdir(path: Path | None, keep: bool) -> Iterator[Path]:
 
 
 def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] = log.info) -> BenchmarkResult:
-    """Generate, serve and scan each livrable size with the reference and with our indexer.
+    """Generate the livrables, serve them from every storage behind the delay line, and measure each size.
 
-    The latency server and every child process are stopped before returning, also on error.
+    Every server, delay line and child process is stopped before returning, also on error.
     """
-    from tests.benchmarks.latency_server import LatencyServer
-
     rows: list[Row] = []
     generation: list[GeneratedLivrable] = []
     with _workdir(config.workdir, config.keep) as workdir:
@@ -684,9 +746,10 @@ def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] = log
             generation.append(generated)
             progress(f"livrable of {size:,} dalles ({generated.total_bytes / 1e9:.2f} GB) ready in "
                      f"{time.perf_counter() - started:.1f} s")
-        with LatencyServer(livrables, config.latency_ms) as server:
-            for size in config.sizes:
-                rows.extend(_measure_size(server, size, runs / f"size-{size}", config, progress))
+        with _storages(config, workdir, livrables) as storages:
+            for name in config.storages:
+                for size in config.sizes:
+                    rows.extend(MEASURES[name](storages[name], size, runs / f"{name}-{size}", config, progress))
         if config.synthetic_dalles:
             progress(f"synthetic: emprise, store and export of {config.synthetic_dalles:,} dalles")
             folder = runs / f"synthetic-{config.synthetic_dalles}"
@@ -704,30 +767,114 @@ def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] = log
     return result
 
 
-def _measure_size(server: Any, size: int, folder: Path, config: BenchmarkConfig,
-                  progress: Callable[[str], None]) -> list[Row]:
-    shutil.rmtree(folder, ignore_errors=True)
-    url = f"{server.url}livrable-{size}/"
-    store = folder / "state.sqlite"
+@contextmanager
+def _storages(config: BenchmarkConfig, workdir: Path, livrables: Path) -> Iterator[dict[str, Any]]:
+    """The servers of the storages measured, each behind its delay line, stopped on the way out."""
+    from contextlib import ExitStack
 
-    def measure(label: str, runner: str, params: dict[str, Any]) -> Row:
-        progress(f"{label}: {size:,} dalles")
-        server.reset()
-        measured = run_child(runner, params, folder / label.replace(" ", "-"))
-        row = Row(label, size, measured, server.stats())
-        if measured["dalles"] != size:
-            raise RuntimeError(f"{label} indexed {measured['dalles']} of {size} dalles: {measured}")
-        progress(f"{label}: {row.per_second:,.0f} dalles/s, {row.requests_per_dalle:.3f} requests/dalle")
+    from tests.benchmarks import remote
+    from tests.benchmarks.latency_server import LatencyServer
+
+    latency_s = config.latency_ms / 1000
+    servers: dict[str, Any] = {}
+    with ExitStack() as stack:
+        if "http" in config.storages:
+            servers["http"] = stack.enter_context(LatencyServer(livrables, config.latency_ms))
+        remote_names = [name for name in ("ftp", "sftp", "s3") if name in config.storages]
+        if remote_names:
+            remote.public_root(workdir)
+            lines = remote.LineThread()
+            stack.callback(lines.close)
+            kinds = {"ftp": remote.FTPStorage, "sftp": remote.SFTPStorage, "s3": remote.S3Storage}
+            for name in remote_names:
+                server = kinds[name](livrables, workdir / "servers" / name, lines, latency_s)
+                stack.callback(server.stop)
+                servers[name] = server
+        yield servers
+
+
+class _Measure:
+    """Runs of one storage and size: each a child process, the server's counters reset before and read after."""
+
+    def __init__(self, storage: str, server: Any, size: int, folder: Path, progress: Callable[[str], None]) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        self.storage, self.server, self.size, self.folder, self.progress = storage, server, size, folder, progress
+
+    def __call__(self, label: str, runner: str, params: dict[str, Any]) -> Row:
+        label = f"{self.storage} {label}"
+        self.progress(f"{label}: {self.size:,} dalles")
+        self.server.reset()
+        measured = run_child(runner, params, self.folder / label.replace(" ", "-").replace("/", ""))
+        row = Row(label, self.size, measured, self.server.stats(), storage=self.storage)
+        if measured["dalles"] != self.size:
+            raise RuntimeError(f"{label} indexed {measured['dalles']} of {self.size} dalles: {measured}")
+        self.progress(f"{label}: {row.per_second:,.0f} dalles/s, {_num(row.requests_per_dalle, 3)} requests/dalle, "
+                      f"{_num(row.kb_per_dalle, 1)} KiB/dalle")
         return row
 
-    ours_params = {"url": url, "store": str(store), "out": str(folder / "out"),
-                   "concurrency": config.concurrency, "header_bytes": config.header_bytes}
+    def ours(self, url: str, config: BenchmarkConfig, reference: Row | None, peer: Row | None,
+             key: Path | None = None) -> list[Row]:
+        """Our scan on a fresh store, then the re-scan with nothing changed."""
+        params = {"url": url, "store": str(self.folder / "state.sqlite"), "out": str(self.folder / "out"),
+                  "concurrency": config.concurrency, "header_bytes": config.header_bytes,
+                  "key": str(key) if key else None}
+        first = self("ours", "ours", params)
+        again = self("ours re-scan", "ours", params)
+        for row in (first, again):
+            row.reference, row.peer = reference, peer
+        return [first, again]
+
+    def best_tuned(self, params: dict[str, Any], config: BenchmarkConfig, env: dict[str, str] | None = None) -> Row:
+        """GDAL tuned in each process count; the fastest run is kept, labelled with its count."""
+        env = {**GDAL_TUNED, **(env or {})}
+        runs = [self(f"GDAL tuned ({n})", "reference", {**params, "processes": n, "env": env})
+                for n in config.tuned_processes]
+        best = max(runs, key=lambda r: r.per_second)
+        best.measured["tried"] = {r.measured["processes"]: round(r.per_second, 1) for r in runs}
+        return best
+
+
+def _measure_http(server: Any, size: int, folder: Path, config: BenchmarkConfig,
+                  progress: Callable[[str], None]) -> list[Row]:
+    measure = _Measure("http", server, size, folder, progress)
+    url = f"{server.url}livrable-{size}/"
     reference = measure("reference", "reference", {"url": url, "processes": config.reference_processes})
-    first = measure("ours", "ours", ours_params)
-    again = measure("ours re-scan", "ours", ours_params)
-    first.reference = reference
-    again.reference = reference
-    return [reference, first, again]
+    tuned = measure.best_tuned({"url": url}, config)
+    return [reference, tuned, *measure.ours(url, config, reference, tuned)]
+
+
+def _measure_ftp(server: Any, size: int, folder: Path, config: BenchmarkConfig,
+                 progress: Callable[[str], None]) -> list[Row]:
+    measure = _Measure("ftp", server, size, folder, progress)
+    reference = measure("reference", "ftp-reference", {"port": server.line.port, "folder": f"livrable-{size}"})
+    return [reference, *measure.ours(server.url(size), config, reference, None)]
+
+
+def _measure_sftp(server: Any, size: int, folder: Path, config: BenchmarkConfig,
+                  progress: Callable[[str], None]) -> list[Row]:
+    measure = _Measure("sftp", server, size, folder, progress)
+    params = {"port": server.line.port, "user": server.user, "key": str(server.server.client_key),
+              "folder": f"{server.livrables}/livrable-{size}", "processes": config.reference_processes}
+    reference = measure("reference", "sftp-reference", params)
+    peer = measure("sshfs", "sftp-peer", params)
+    ours = measure.ours(server.url(size), config, reference, peer, key=server.server.client_key)
+    return [reference, peer, *ours]
+
+
+def _measure_s3(server: Any, size: int, folder: Path, config: BenchmarkConfig,
+                progress: Callable[[str], None]) -> list[Row]:
+    progress(f"s3: uploading the livrable of {size:,} dalles")
+    server.upload(size)
+    measure = _Measure("s3", server, size, folder, progress)
+    from tests.benchmarks.remote import BUCKET, s3_gdal_env
+
+    tuned = measure.best_tuned({"s3_endpoint": server.endpoint, "bucket": BUCKET, "prefix": f"livrable-{size}"},
+                               config, s3_gdal_env(server.endpoint))
+    return [tuned, *measure.ours(server.url(size), config, None, tuned)]
+
+
+MEASURES: dict[str, Callable[[Any, int, Path, BenchmarkConfig, Callable[[str], None]], list[Row]]] = {
+    "http": _measure_http, "ftp": _measure_ftp, "sftp": _measure_sftp, "s3": _measure_s3}
 
 
 if __name__ == "__main__":

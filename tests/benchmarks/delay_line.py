@@ -170,8 +170,11 @@ class _Side(asyncio.Protocol):
     def end(self) -> None:
         """The other side's stream has ended and all its bytes are delivered: end this one's (half-close)."""
         self.sent_eof = True
-        if self.transport is not None and self.transport.can_write_eof():
-            self.transport.write_eof()
+        if self.transport is not None:
+            try:
+                self.transport.write_eof()
+            except OSError:  # the socket is gone already
+                self.transport.close()
         self._close_when_done()
 
     def _close_when_done(self) -> None:
