@@ -17,10 +17,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,7 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from pyproj import CRS
-from sqlalchemy import Engine, desc, select
+from sqlalchemy import Engine, case, desc, func, literal_column, select
 
 from indexer.api.auth import Unavailable, admin_header, download_secret, issue_download_token, require_admin
 from indexer.api.deps import ApiState, get_state
@@ -97,21 +96,41 @@ class StorageFacts:
     succeeded: ScanFacts | None
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Records of a storage alike in what its raster summary looks at, counted."""
+
+    status: str
+    """``valid`` or ``skipped``."""
+    mime: str | None
+    compression: str | None
+    epsg: int | None
+    bands: tuple[str, ...]
+    crs: str | None
+    """The CRS's name."""
+    count: int
+    size: int
+    read: int
+    """How many of them the last successful scan read (the others it reused)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Contents:
     """What the records of a storage's last successful scan hold, summed up for its ``result``."""
 
-    directories: set[str] = field(default_factory=set)
-    valid: int = 0
-    valid_read: int = 0
-    """Valid dalles read by that scan (the others were reused from an earlier one)."""
-    broken: int = 0
+    groups: tuple[Group, ...] = ()
+    directories: int = 0
+    """Folders holding a raster file."""
     broken_sample: str | None = None
-    size: int = 0
-    mimes: set[str | None] = field(default_factory=set)
-    compressions: set[str | None] = field(default_factory=set)
-    projections: set[tuple[str | None, str | None]] = field(default_factory=set)
-    bands: set[tuple[str, ...]] = field(default_factory=set)
+    """The detail of one skipped file."""
+
+    def valid(self) -> list[Group]:
+        """The groups of valid dalles."""
+        return [g for g in self.groups if g.status == "valid"]
+
+    def count(self, valid: bool) -> int:
+        """Valid dalles, or skipped raster files."""
+        return sum(g.count for g in self.groups if (g.status == "valid") == valid)
 
 
 FORMATS = {"image/tiff": "geotiff", "image/jp2": "jpeg2000"}
@@ -161,32 +180,9 @@ def scan_document(latest: ScanFacts | None, last_error: str | None) -> dict[str,
     }
 
 
-def summarize(rows: Iterable[tuple[str, int | None, str, str | None, Any, str | None, int]], scan: int,
-              crs_name: Any = None) -> Contents:
-    """Sum up a storage's records: (path, size, status, detail, meta, crs wkt, scan id) each.
-
-    `scan` is the last successful scan (its reads count as analysed, the others as not
-    modified); `crs_name` names a CRS from its WKT (default pyproj's name).
-    """
-    name = crs_name or _crs_name
-    contents = Contents()
-    for path, size, status, detail, meta, wkt, scan_id in rows:
-        folder = path.rsplit("/", 1)[0] if "/" in path else ""
-        contents.directories.add(folder)
-        if status != "valid":
-            contents.broken += 1
-            contents.broken_sample = contents.broken_sample or detail
-            continue
-        values = meta if isinstance(meta, dict) else json.loads(meta)
-        contents.valid += 1
-        contents.valid_read += scan_id == scan
-        contents.size += size or 0
-        contents.mimes.add(values.get("mime"))
-        contents.compressions.add(values.get("compression"))
-        epsg = values.get("epsg")
-        contents.projections.add((name(wkt) if wkt else None, f"EPSG:{epsg}" if epsg else None))
-        contents.bands.add(tuple(values.get("bands") or ()))
-    return contents
+def folder(path: str) -> str:
+    """The folder of a path below the storage root ('' for the root)."""
+    return path.rsplit("/", 1)[0] if "/" in path else ""
 
 
 _CRS_NAMES: dict[str, str | None] = {}
@@ -214,16 +210,17 @@ def _common(values: set[Any]) -> Any:
 
 def raster_document(contents: Contents, envelope: dict[str, Any] | None) -> dict[str, Any] | None:
     """The ``raster`` member: the dalles' count, size and common format, compression, projection and bands."""
-    if contents.valid == 0:
+    valid = contents.valid()
+    if not valid:
         return None
-    mime = _common(contents.mimes)
-    projection = _common(contents.projections)
-    bands = _common(contents.bands)
+    mime = _common({g.mime for g in valid})
+    projection = _common({(g.crs, f"EPSG:{g.epsg}" if g.epsg else None) for g in valid})
+    bands = _common({g.bands for g in valid})
     return {
-        "numRasterFiles": contents.valid,
-        "sizeRasterFiles": contents.size,
+        "numRasterFiles": sum(g.count for g in valid),
+        "sizeRasterFiles": sum(g.size for g in valid),
         "format": FORMATS.get(mime) if mime else None,
-        "compression": _common(contents.compressions),
+        "compression": _common({g.compression for g in valid}),
         "projection": {"name": projection[0], "code": projection[1]} if projection else None,
         "bands": [band_document(n, b) for n, b in enumerate(bands, 1)] if bands is not None else None,
         "envelope": envelope,
@@ -239,11 +236,11 @@ def result_document(facts: StorageFacts, contents: Contents, envelope: dict[str,
     return {
         "lastSuccessfulScan": iso(facts.last_success_at),
         "files": scan.listed,
-        "directories": len(contents.directories),
-        "dataFiles": contents.valid + contents.broken,
-        "notModifiedDataFiles": contents.valid - contents.valid_read,
-        "analyzedDataFiles": contents.valid_read,
-        "brokenDataFiles": contents.broken,
+        "directories": contents.directories,
+        "dataFiles": contents.count(valid=True) + contents.count(valid=False),
+        "notModifiedDataFiles": sum(g.count - g.read for g in contents.valid()),
+        "analyzedDataFiles": sum(g.read for g in contents.valid()),
+        "brokenDataFiles": contents.count(valid=False),
         "brokenDataSampleError": contents.broken_sample,
         "duration": scan.duration_s,
         "raster": raster_document(contents, envelope),
@@ -318,15 +315,26 @@ def read_facts(engine: Engine, storage: int) -> StorageFacts:
                         row.last_error, _scan_facts(latest), _scan_facts(succeeded))
 
 
-def _record_rows(engine: Engine, storage: int) -> Iterator[tuple[str, int | None, str, str | None, Any, str | None,
-                                                                int]]:
+def read_contents(engine: Engine, storage: int, scan: int) -> Contents:
+    """Sum up the records of a storage whose last successful scan is `scan`: grouped in the store (JSON
+    fields extracted there), the paths read for their folders only."""
+    meta, r = records.c.meta, records.c
+    keys = (r.status, meta["mime"].as_string(), meta["compression"].as_string(), meta["epsg"].as_integer(),
+            meta["bands"].as_string(), r.crs_id)
+    query = (select(*keys, func.count(), func.coalesce(func.sum(r.size), 0),
+                    func.coalesce(func.sum(case((r.scan_id == scan, 1), else_=0)), 0))
+             .where(r.storage_id == storage).group_by(*(literal_column(str(n)) for n in range(1, len(keys) + 1))))
     with engine.connect() as conn:
         wkts = {row.id: row.wkt for row in conn.execute(select(crs_table))}
-        query = (select(records.c.path, records.c.size, records.c.status, records.c.detail, records.c.meta,
-                        records.c.crs_id, records.c.scan_id)
-                 .where(records.c.storage_id == storage).order_by(records.c.path))
-        for row in conn.execution_options(yield_per=5000).execute(query):
-            yield row.path, row.size, row.status, row.detail, row.meta, wkts.get(row.crs_id), row.scan_id
+        groups = sorted((
+            Group(status, mime, compression, epsg, tuple(json.loads(bands)) if bands else (),
+                  _crs_name(wkts[crs]) if crs in wkts else None, int(count), int(size), int(read))
+            for status, mime, compression, epsg, bands, crs, count, size, read in conn.execute(query)), key=repr)
+        folders = {folder(path) for path in conn.execution_options(yield_per=10000).execute(
+            select(r.path).where(r.storage_id == storage)).scalars()}
+        sample = conn.execute(select(r.detail).where(r.storage_id == storage, r.status != "valid")
+                              .order_by(r.path).limit(1)).scalar()
+    return Contents(tuple(groups), len(folders), sample)
 
 
 class _Summaries:
@@ -347,7 +355,7 @@ class _Summaries:
             if key in self._kept:
                 self._kept.move_to_end(key)
                 return self._kept[key]
-        found = summarize(_record_rows(engine, storage), scan.id), read_envelope(out_dir, storage)
+        found = read_contents(engine, storage, scan.id), read_envelope(out_dir, storage)
         with self._lock:
             self._kept[key] = found
             while len(self._kept) > self._size:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,20 +10,24 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pyproj import CRS
 
 from indexer.api.app import create_app
 from indexer.api.scanner import (
     Contents,
+    Group,
     ScanFacts,
     StorageFacts,
     parse_id,
     posted_source,
+    read_contents,
     storage_document,
-    summarize,
 )
 from indexer.errors import ConfigError, StorageNotFound
+from indexer.models import Dalle, DalleProblem, FileEntry, SkipReason
 from indexer.settings import ApiSettings
-from indexer.store import catalog, queries
+from indexer.store import catalog, queries, scans
+from indexer.store.engine import create_store
 from tests.servers.servers import free_port
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -138,14 +141,14 @@ def test_a_storage_being_read_is_processing_with_its_progress() -> None:
     assert document["lastError"] == "earlier failure"
 
 
+BANDS = ("Red(Byte)", "Green(Byte)", "Blue(Byte)")
+L93 = "RGF93 v1 / Lambert-93"
+
+
 def test_the_result_sums_up_the_records_of_the_last_successful_scan() -> None:
-    meta = {"mime": "image/tiff", "compression": "JPEG", "epsg": 2154, "bands": ["Red(Byte)", "Green(Byte)",
-                                                                                 "Blue(Byte)"]}
-    rows = [("a/1.tif", 100, "valid", None, meta, "WKT", 3),
-            ("a/2.tif", 200, "valid", None, json.dumps(meta), "WKT", 2),
-            ("b/c/3.tif", 50, "skipped", "the block table ends past the end of the file", None, None, 3),
-            ("4.tif", 10, "skipped", "no block written", None, None, 3)]
-    contents = summarize(rows, 3, crs_name=lambda wkt: "RGF93 v1 / Lambert-93")
+    contents = Contents((Group("valid", "image/tiff", "JPEG", 2154, BANDS, L93, 2, 300, 1),
+                         Group("skipped", None, None, None, (), None, 2, 60, 2)), 3,
+                        "the block table ends past the end of the file")
     envelope = {"type": "Polygon", "coordinates": [[[2.0, 48.0], [2.1, 48.0], [2.1, 48.1], [2.0, 48.0]]]}
     done = _scan("succeeded", "done", duration_s=1.25, listed=6)
     result = storage_document(_facts(done, done), contents, envelope, admin=False)["result"]
@@ -154,21 +157,39 @@ def test_the_result_sums_up_the_records_of_the_last_successful_scan() -> None:
         "notModifiedDataFiles": 1, "analyzedDataFiles": 1, "brokenDataFiles": 2,
         "brokenDataSampleError": "the block table ends past the end of the file", "duration": 1.25,
         "raster": {"numRasterFiles": 2, "sizeRasterFiles": 300, "format": "geotiff", "compression": "JPEG",
-                   "projection": {"name": "RGF93 v1 / Lambert-93", "code": "EPSG:2154"},
+                   "projection": {"name": L93, "code": "EPSG:2154"},
                    "bands": [{"id": 1, "colorInterpretation": "Red", "dataType": "Byte"},
                              {"id": 2, "colorInterpretation": "Green", "dataType": "Byte"},
                              {"id": 3, "colorInterpretation": "Blue", "dataType": "Byte"}],
                    "envelope": envelope}}
-    mixed = summarize([*rows, ("z.jp2", 5, "valid", None, {**meta, "mime": "image/jp2", "compression": "LOSSY"},
-                               "WKT", 3)], 3, crs_name=lambda wkt: "RGF93 v1 / Lambert-93")
+    mixed = Contents((*contents.groups, Group("valid", "image/jp2", "LOSSY", 2154, BANDS, L93, 1, 5, 1)), 3)
     raster = storage_document(_facts(done, done), mixed, None, admin=False)["result"]["raster"]
-    assert (raster["format"], raster["compression"], raster["numRasterFiles"]) == (None, None, 3)
+    assert (raster["format"], raster["compression"], raster["numRasterFiles"], raster["sizeRasterFiles"]) == (
+        None, None, 3, 305)
+    assert raster["bands"] is not None and raster["projection"] == {"name": L93, "code": "EPSG:2154"}
 
 
 def test_a_storage_without_valid_dalle_has_no_raster() -> None:
     done = _scan("succeeded", "done")
-    contents = summarize([("x.tif", 1, "skipped", "empty", None, None, 3)], 3)
+    contents = Contents((Group("skipped", None, None, None, (), None, 1, 1, 1),), 1, "empty")
     assert storage_document(_facts(done, done), contents, None, admin=False)["result"]["raster"] is None
+
+
+def test_contents_are_grouped_in_the_store(tmp_path: Path) -> None:
+    engine = create_store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    storage, _ = catalog.register_storage(engine, "https://example.fr/", "https://example.fr/", None)
+    wkt = CRS.from_epsg(2154).to_wkt()
+    corners = ((700000.0, 6600200.0), (700200.0, 6600200.0), (700200.0, 6600000.0), (700000.0, 6600000.0))
+    dalles = [Dalle(FileEntry(path, 100 + n, None, None), "image/tiff", 10, 10, BANDS, "DEFLATE", 2154, wkt,
+                    corners, 20.0, True) for n, path in enumerate(["a/1.tif", "a/2.tif", "b/c/3.tif"])]
+    problems = [DalleProblem(FileEntry("z.tif", 7, None, None), SkipReason.EMPTY, "no block written")]
+    scan = scans.start_scan(engine, storage)
+    assert scan is not None
+    scans.finish_scan(engine, storage, scan, dalles, problems, {"listed": 5, "read": 4})
+    assert read_contents(engine, storage, scan) == Contents(
+        (Group("skipped", None, None, None, (), None, 1, 7, 1),
+         Group("valid", "image/tiff", "DEFLATE", 2154, BANDS, L93, 3, 303, 3)), 3, "no block written")
+    assert read_contents(engine, storage, scan + 1).groups[1].read == 0  # read by an earlier scan: reused
 
 
 @pytest.mark.parametrize("ref", ["abc", "0", "-3", "1.0", "٣", "9" * 19, ""])
