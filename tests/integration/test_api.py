@@ -332,6 +332,14 @@ def test_a_scan_cut_short_by_a_killed_server_is_taken_back(api: ApiServer, api_s
         wait_until(lambda: client.get(f"/storages/{storage_id}").json()["scan"]["status"] == "processing", 10,
                    "the scan to be processing")
     api.kill()
+    engine = create_store(api.db_url)
+    try:
+        with engine.connect() as conn:
+            left = conn.execute(select(scans.c.status, scans.c.step).where(
+                scans.c.storage_id == int(storage_id))).one()
+    finally:
+        engine.dispose()
+    assert tuple(left) == ("running", "listing")  # as the killed server left it
     # A server started again on the store takes the scan back once its heartbeat is STALE_AFTER old; this one
     # has no admin token: its admin routes are closed, saying why.
     again = api_server.start(db_url=api.db_url, out_dir=api.out_dir, timeout_s=1, retries=0, stale_after=1,
