@@ -22,6 +22,8 @@ from indexer.api.scanner import (
     posted_source,
     read_contents,
     storage_document,
+    storage_params,
+    storage_type,
 )
 from indexer.errors import ConfigError, StorageNotFound
 from indexer.models import Dalle, DalleProblem, FileEntry, SkipReason
@@ -215,3 +217,19 @@ def test_a_posted_url_of_another_scheme_or_an_external_one_is_refused() -> None:
     # The site attaches every livrable with a stockage, an external download portal included.
     with pytest.raises(ConfigError, match=r"^storage: external \(url_externe only\): it cannot be scanned$"):
         posted_source({"type": "http", "params": {"url_externe": "https://portail.example.fr/"}})
+
+
+@pytest.mark.parametrize(("url", "sealed", "kind", "params"), [
+    ("https://u:pw-Secret@data.example.fr/o/", True, "http", {"url": "https://u:***@data.example.fr/o/"}),
+    ("ftps://pcrs@ftp.example.fr/ortho%20A", True, "ftp", {
+        "host": "ftp.example.fr", "port": None, "startPath": "/ortho A", "username": "pcrs", "password": "***",
+        "secure": True}),
+    ("sftp://u@sftp.example.fr:2222/", False, "sftp", {
+        "host": "sftp.example.fr", "port": 2222, "startPath": "/", "username": "u", "password": None}),
+    ("s3://pcrs-bucket/lot%201?endpoint_url=https://s3.gra.io.cloud.ovh.net&region=gra", False, "s3", {
+        "bucket": "pcrs-bucket", "prefix": "lot 1", "endpoint_url": "https://s3.gra.io.cloud.ovh.net",
+        "region": "gra"}),
+])
+def test_params_are_rebuilt_from_the_url_the_password_masked(url: str, sealed: bool, kind: str,
+                                                             params: dict[str, Any]) -> None:
+    assert (storage_type(url), storage_params(url, sealed)) == (kind, params)
