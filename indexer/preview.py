@@ -12,7 +12,8 @@ The script draws whatever layers the data lists (`map_data`)::
     {"title": str, "subtitle": str, "facts": [[label, number], ...],
      "download": "files/" | null,  # base of the download links, relative to the page, used with ?token=
      "layers": [{"id": str, "label": str, "key": str, "name": str, "link": str | null,
-                 "classes": [{"id", "label", "color" ("#rrggbb"), "count", "fill"?, "outline"?, "dash"?}],
+                 "classes": [{"id", "label", "color" ("#rrggbb"), "count", "fill"?, "outline"?, "dash"?,
+                              "common"?: {properties every feature of the class has, sent once}}],
                  "features": [GeoJSON features, in WGS84; geometry null for a file that cannot be placed]}]}
 
 A feature's class is its property `key`; its title is its property `name`, and `link` names the
@@ -80,11 +81,12 @@ def dalle_layer(result: ScanResult, projet: Projet | None = None, livrable: Livr
     """The layer of a scan's raster files: each valid dalle's footprint, as ``dalles.geojson`` has it,
     classed indexed or reused; each skipped file without geometry, classed by its reason, with its
     detail (masked as ``report.json`` masks it for a `private` storage)."""
-    features: list[dict[str, Any]] = []
-    for feature in dalle_features(result.dalles, projet, livrable):
-        path = feature["properties"]["chemin"]
-        outcome = REUSED if path in result.reused_paths else INDEXED
-        features.append({**feature, "properties": {"outcome": outcome, **_scalars(feature["properties"])}})
+    features = list(dalle_features(result.dalles, projet, livrable))
+    reused = result.reused_paths
+    for feature in features:
+        properties = feature["properties"]
+        outcome = REUSED if properties["chemin"] in reused else INDEXED
+        feature["properties"] = {"outcome": outcome, **{k: v for k, v in properties.items() if v is not None}}
     sizes = {p.path: p.file.size for p in result.problems}
     for skipped in report(result, private)["skipped"]:
         path = skipped["path"]
@@ -118,8 +120,29 @@ def map_data(result: ScanResult, livrable_features: Sequence[dict[str, Any]], ti
                               ["durée du parcours (s)", round(result.duration_s, 1)]]
     if when:
         facts.insert(0, ["date", when])
+    layers = [emprise_layer(livrable_features), dalle_layer(result, projet, livrable, private)]
     return {"title": title, "subtitle": subtitle, "facts": facts, "download": download,
-            "layers": [emprise_layer(livrable_features), dalle_layer(result, projet, livrable, private)]}
+            "layers": [factor_common(layer) for layer in layers]}
+
+
+def factor_common(layer: dict[str, Any]) -> dict[str, Any]:
+    """The layer with the properties all features of a class share (a livrable's dalles share their
+    size, bands, CRS…) moved to that class's ``common``, sent once instead of once per feature."""
+    key = layer["key"]
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for feature in layer["features"]:
+        by_class.setdefault(feature["properties"][key], []).append(feature["properties"])
+    for cls in layer["classes"]:
+        members = by_class.get(cls["id"])
+        if not members or len(members) < 2:
+            continue
+        common = {k: v for k, v in members[0].items() if k != key and all(
+            k in p and p[k] == v for p in members)}
+        for properties in members:
+            for k in common:
+                del properties[k]
+        cls["common"] = common
+    return layer
 
 
 def _script_json(data: dict[str, Any]) -> str:

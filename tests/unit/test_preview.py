@@ -66,11 +66,18 @@ def test_index_writes_a_self_contained_map_of_its_outputs(sample_livrable: Path,
     assert counts(dalles) == {**dict.fromkeys(preview.OUTCOMES, 0), **expected}
     # The dalles are those of dalles.geojson, with the same geometry; the skipped files have none.
     published = json.loads((out / "dalles.geojson").read_text(encoding="utf-8"))["features"]
+    classes = {c["id"]: c for c in dalles["classes"]}
+    for feature in dalles["features"]:  # as the page shows them: their own properties, then their class's
+        feature["properties"].update(classes[feature["properties"]["outcome"]].get("common", {}))
     drawn = [f for f in dalles["features"] if f["geometry"] is not None]
     assert [f["geometry"] for f in drawn] == [f["geometry"] for f in published]
     assert [f["properties"]["chemin"] for f in drawn] == [f["properties"]["chemin"] for f in published]
-    assert drawn[0]["properties"] == {"outcome": "indexed", **{k: v for k, v in published[0]["properties"].items()
-                                                              if v is not None}}
+    for mine, theirs in zip(drawn, published, strict=True):
+        assert mine["properties"] == {"outcome": "indexed", **{k: v for k, v in theirs["properties"].items()
+                                                               if v is not None}}
+    # What the dalles share is sent once (the sample mixes GeoTIFF and JPEG 2000, and their bands).
+    assert classes["indexed"]["common"] == {"epsg": "EPSG:2154", "open": True, "resolution": 100,
+                                            "tailleImage": f"{SMALL.pixels}x{SMALL.pixels}"}
     skipped = {f["properties"]["chemin"]: f["properties"] for f in dalles["features"] if f["geometry"] is None}
     assert {path: p["outcome"] for path, p in skipped.items()} == BAD_FILES
     assert skipped["anomalies/vide.tif"]["tailleFichier"] == 0

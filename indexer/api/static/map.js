@@ -52,6 +52,11 @@
     return node;
   }
 
+  // A feature's properties: its own, then those its class shares (sent once, as `common`).
+  function propsOf(cls, feature) {
+    return Object.assign({}, feature.properties || {}, cls.common || {});
+  }
+
   function styleOf(layer, cls) {
     return {
       color: cls.color, weight: cls.outline ? 2.5 : 1, opacity: 1, fillColor: cls.color,
@@ -70,7 +75,7 @@
     }
     var panel = document.getElementById("pcrs-properties");
     panel.replaceChildren();
-    var props = feature.properties || {};
+    var props = propsOf(cls, feature);
     var badge = el("div", "pcrs-badge");
     badge.appendChild(swatch(cls));
     badge.appendChild(el("span", null, layer.label + " · " + cls.label));
@@ -132,7 +137,7 @@
               showProperties(layer, cls, feature, shape);
             });
             shape.on("mouseover", function () {
-              hover.textContent = (feature.properties[layer.name] || cls.label) + " — " + cls.label;
+              hover.textContent = (propsOf(cls, feature)[layer.name] || cls.label) + " — " + cls.label;
               hover.style.display = "block";
             });
             shape.on("mouseout", function () { hover.style.display = "none"; });
@@ -178,7 +183,8 @@
       var li = el("li");
       li.dataset.class = cls.id;
       li.appendChild(swatch(cls));
-      li.appendChild(el("span", null, feature.properties[layer.name] || feature.properties[layer.link]));
+      var props = propsOf(cls, feature);
+      li.appendChild(el("span", null, props[layer.name] || props[layer.link]));
       li.title = cls.label;
       li.addEventListener("click", function () {
         showProperties(layer, cls, feature, null);
