@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer import __version__
-from indexer.api import files, items, page, scanner
+from indexer.api import data, files, items, page, scanner
 from indexer.api.auth import TokenRefused, Unauthorized, Unavailable
 from indexer.api.deps import ApiState, get_state
 from indexer.api.runner import Runner
@@ -178,4 +178,5 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
     app.include_router(items.router)
     app.include_router(files.router)
     app.include_router(page.router)
+    app.include_router(data.router)
     return app

@@ -11,7 +11,6 @@ server's download proxy (``/storages/{id}/files/{path}``), to which the site add
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +28,7 @@ from indexer.errors import StorageNotFound
 from indexer.geojson import dalle_rings, epsg_label
 from indexer.models import Dalle, Record
 from indexer.read.formats import raster_mime
-from indexer.store.records import load_records
+from indexer.store.records import records_after
 from indexer.store.schema import storages
 
 router = APIRouter(tags=["scanner"])
@@ -144,25 +143,31 @@ def tree_item(record: Record, envelope: dict[str, Any] | None, files: str) -> di
     }
 
 
-def _pages(records: Iterable[Record]) -> Iterator[list[Record]]:
-    iterator = iter(records)
-    while page := list(itertools.islice(iterator, PAGE)):
-        yield page
+def record_pages(engine: Engine, storage: int, page: int = PAGE) -> Iterator[list[Record]]:
+    """A storage's records by path, `page` a query: no cursor stays open while a slow client reads."""
+    after: str | None = None
+    while True:
+        batch = records_after(engine, storage, after, page)
+        if batch:
+            yield batch
+        if len(batch) < page:
+            return
+        after = batch[-1].path
 
 
-def tree_items(records: Iterable[Record], files: str) -> Iterator[dict[str, Any]]:
-    """The tree items of records, in their order, `PAGE` at a time."""
-    for page in _pages(records):
+def tree_items(pages: Iterable[list[Record]], files: str) -> Iterator[dict[str, Any]]:
+    """The tree items of pages of records, in their order."""
+    for page in pages:
         dalles = [r for r in page if isinstance(r, Dalle)]
         shapes = dict(zip((d.path for d in dalles), envelopes(dalles), strict=True))
         for record in page:
             yield tree_item(record, shapes.get(record.path), files)
 
 
-def dalle_features(records: Iterable[Record], files: str) -> Iterator[dict[str, Any]]:
+def dalle_features(pages: Iterable[list[Record]], files: str) -> Iterator[dict[str, Any]]:
     """The features of pcrs-scanner's ``/geojson``: each valid dalle that can be placed, its
     footprint and ``{id, name, size, format, downloadUrl}``."""
-    for page in _pages(records):
+    for page in pages:
         dalles = [r for r in page if isinstance(r, Dalle)]
         for dalle, shape in zip(dalles, envelopes(dalles), strict=True):
             if shape is not None:
@@ -181,7 +186,7 @@ def storage_data(storage_id: str, request: Request) -> StreamingResponse:
     engine = get_state(request).engine
     storage = scanned_storage(engine, storage_id)
     files = files_url(request, storage)
-    body = from_thread(lambda: json_pieces(tree_items(load_records(engine, storage), files), "[\n", "\n]\n"))
+    body = from_thread(lambda: json_pieces(tree_items(record_pages(engine, storage), files), "[", "]\n"))
     return StreamingResponse(body, media_type="application/json")
 
 
@@ -192,7 +197,7 @@ def storage_geojson(storage_id: str, request: Request) -> StreamingResponse:
     engine = get_state(request).engine
     storage = scanned_storage(engine, storage_id)
     files = files_url(request, storage)
-    body = from_thread(lambda: json_pieces(dalle_features(load_records(engine, storage), files),
-                                           '{"type":"FeatureCollection","features":[\n', "\n]}\n"))
+    body = from_thread(lambda: json_pieces(dalle_features(record_pages(engine, storage), files),
+                                           '{"type":"FeatureCollection","features":[', "]}\n"))
     return StreamingResponse(body, media_type="application/geo+json")
 

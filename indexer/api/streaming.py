@@ -88,8 +88,10 @@ async def from_thread(produce: Callable[[], Iterable[bytes]]) -> AsyncIterator[b
         stop.set()
 
 
-def json_pieces(values: Iterable[Any], head: str, tail: str, separator: str = ",\n") -> Iterator[bytes]:
-    """`head`, the values as compact JSON separated by `separator`, then `tail`, in pieces of about `PIECE` bytes.
+def json_pieces(values: Iterable[Any], head: str, tail: str) -> Iterator[bytes]:
+    """`head`, each value as compact JSON on a line of its own (``,`` ending all lines but the
+    last), then `tail` on a line of its own, in pieces of about `PIECE` bytes: the layout of
+    `indexer.geojson.write_feature_collection`, byte for byte.
 
     The head is a piece of its own, yielded before the first value is asked for: a client sees
     the first byte at once, however long the first value takes to come.
@@ -97,18 +99,17 @@ def json_pieces(values: Iterable[Any], head: str, tail: str, separator: str = ",
     yield head.encode()
     parts: list[str] = []
     size = 0
-    first = True
+    count = 0
     for value in values:
         text = ENCODER.encode(value)
-        if not first:
-            parts.append(separator)
+        parts.append(",\n" if count else "\n")
         parts.append(text)
-        first = False
-        size += len(text) + len(separator)
+        count += 1
+        size += len(text) + 2
         if size >= PIECE:
             yield "".join(parts).encode()
             parts, size = [], 0
-    parts.append(tail)
+    parts.append("\n" + tail)
     yield "".join(parts).encode()
 
 

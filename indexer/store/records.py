@@ -74,6 +74,17 @@ def dalles_after(engine: Engine, storage: int, after: str | None, limit: int) ->
         return [r for r in stream(conn, query.order_by(path).limit(limit)) if isinstance(r, Dalle)]
 
 
+def records_after(engine: Engine, storage: int, after: str | None, limit: int) -> list[Record]:
+    """One page of a keyset walk through a storage's records, valid or skipped: the first `limit`
+    whose path comes after `after` (code point order; None: from the first), in one short query."""
+    with engine.connect() as conn:
+        path = by_path(conn, records.c.path)
+        query = select(records).where(records.c.storage_id == storage)
+        if after is not None:
+            query = query.where(path > after)
+        return list(stream(conn, query.order_by(path).limit(limit)))
+
+
 def stream(conn: Connection, query: Select[Any]) -> Iterator[Record]:
     """The dalles and problems a query on records or scan_results returns, streamed in its order."""
     wkts = {row.id: row.wkt for row in conn.execute(select(crs_table))}
