@@ -1,0 +1,87 @@
+"""The API's pieces that need no server: bodies as the export writes them, gzip, ranges, bboxes, pages."""
+
+from __future__ import annotations
+
+import io
+import zlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, event
+from starlette.exceptions import HTTPException
+
+from indexer.api.data import parse_bbox
+from indexer.api.files import parse_range
+from indexer.api.items import record_pages
+from indexer.api.streaming import accepts_gzip, gzipped, json_pieces
+from indexer.geojson import write_feature_collection
+from indexer.models import DalleProblem, FileEntry, SkipReason
+from indexer.store import catalog, scans
+
+
+@pytest.mark.parametrize("count", [0, 1, 3, 2000])
+def test_json_pieces_are_the_feature_collection_the_export_writes(count: int) -> None:
+    features = [{"type": "Feature", "geometry": None, "properties": {"n": i, "nom": "é" * (i % 50)}}
+                for i in range(count)]
+    written = io.StringIO()
+    write_feature_collection(written, features)
+    pieces = list(json_pieces(features, '{"type":"FeatureCollection","features":[', "]}\n"))
+    assert b"".join(pieces).decode() == written.getvalue()
+    assert pieces[0] == b'{"type":"FeatureCollection","features":['  # the head alone, first
+    assert max(len(p) for p in pieces) < 2 * 64 * 1024
+
+
+def test_gzipped_decodes_to_the_pieces_and_flushes_the_first_at_once() -> None:
+    pieces = [b"head", *(bytes([i % 7]) * 50_000 for i in range(20)), b"tail"]
+    zipped = list(gzipped(pieces))
+    assert zlib.decompress(b"".join(zipped), 16 + zlib.MAX_WBITS) == b"".join(pieces)
+    assert zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(zipped[0]) == b"head"
+
+
+@pytest.mark.parametrize(("header", "accepted"), [
+    (None, False), ("", False), ("gzip", True), ("br, gzip;q=0.5", True), ("gzip;q=0", False),
+    ("identity", False), ("*", True), ("*;q=0", False), ("deflate, x-gzip", True), ("gzip;q=zero", False),
+])
+def test_accepts_gzip(header: str | None, accepted: bool) -> None:
+    assert accepts_gzip(header) is accepted
+
+
+@pytest.mark.parametrize(("header", "wanted"), [
+    (None, None), ("bytes=0-99", (0, 99)), ("bytes=100-", (100, 999)), ("bytes=-10", (990, 999)),
+    ("bytes=-5000", (0, 999)), ("bytes=900-5000", (900, 999)), ("bytes = 5 - 6", (5, 6)), ("bytes=999-999", (999, 999)),
+])
+def test_one_range(header: str | None, wanted: tuple[int, int] | None) -> None:
+    assert parse_range(header, 1000) == wanted
+
+
+@pytest.mark.parametrize("header", ["bytes=1000-", "bytes=0-1,5-6", "bytes=abc", "bytes=10-5", "items=0-1",
+                                    "bytes=-0", "bytes=-", "bytes=" + "9" * 30 + "-", ""])
+def test_bad_ranges_are_416_with_the_size(header: str) -> None:
+    with pytest.raises(HTTPException) as refused:
+        parse_range(header, 1000)
+    assert refused.value.status_code == 416
+    assert refused.value.headers == {"Content-Range": "bytes */1000"}
+
+
+def test_bbox() -> None:
+    assert parse_bbox(None) is None
+    assert parse_bbox("2.2,48.8,2.5,49") == (2.2, 48.8, 2.5, 49.0)
+    for bad in ("1,2,3", "1,2,3,4,5", "a,b,c,d", "3,0,1,1", "0,3,1,1", "nan,0,1,1", "0,0,inf,1", "-181,0,1,1",
+                "0,0,1,91", ""):
+        with pytest.raises(HTTPException) as refused:
+            parse_bbox(bad)
+        assert refused.value.status_code == 400
+        assert str(refused.value.detail).startswith(f"bbox {bad!r} not valid: ")
+
+
+def test_records_are_read_a_page_a_query(engine: Engine, tmp_path: Path) -> None:
+    storage = catalog.storage_id(engine, "http://a.test/")
+    scan = scans.start_scan(engine, storage)
+    assert scan is not None
+    problems = [DalleProblem(FileEntry(f"d{i}.tif", i), SkipReason.CORRUPT, "bad") for i in (10, 2, 1, 3, 20)]
+    scans.finish_scan(engine, storage, scan, [], problems, {})
+    queries: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda *args: queries.append(args[2]))
+    pages = [[r.path for r in page] for page in record_pages(engine, storage, page=2)]
+    assert pages == [["d1.tif", "d10.tif"], ["d2.tif", "d20.tif"], ["d3.tif"]]  # code point order
+    assert sum("FROM records" in q for q in queries) == 3
