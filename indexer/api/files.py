@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from indexer.api.auth import check_download_token, download_secret
 from indexer.api.deps import ApiState, get_state
+from indexer.api.scanner import parse_id
 from indexer.api.streaming import from_thread
 from indexer.errors import IndexerError, ReadError, StorageNotFound
 from indexer.models import FileEntry
@@ -138,9 +139,7 @@ def download(storage_id: str, path: str, request: Request,
     """Stream a file from its storage: 403 without a valid download token of this storage, 404 for
     a path the last successful scan did not record, 206 for one ``Range``, 416 for a bad one."""
     state = get_state(request)
-    if not (storage_id.isascii() and storage_id.isdigit() and len(storage_id) < 19):
-        raise StorageNotFound("Storage not found")
-    storage = int(storage_id)
+    storage = parse_id(storage_id)
     if not queries.storage_exists(state.engine, storage):
         raise StorageNotFound("Storage not found")
     check_download_token(token, storage, download_secret(state), time.time())

@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine, select
 
 from indexer.api.deps import get_state
+from indexer.api.scanner import parse_id
 from indexer.api.streaming import from_thread, json_pieces
 from indexer.crs import crs_name
 from indexer.emprise import corner_array, placement_problems
@@ -49,16 +50,15 @@ class NoSuccessfulScan(StorageNotFound):
 
 def scanned_storage(engine: Engine, ref: str) -> int:
     """The id of a storage that has a successful scan; `StorageNotFound` for an unknown or malformed
-    id, `NoSuccessfulScan` before its first successful scan."""
-    if not (ref.isascii() and ref.isdigit() and len(ref) < 19):
-        raise StorageNotFound("Storage not found")
+    id (as the storage routes say it), `NoSuccessfulScan` before its first successful scan."""
+    storage = parse_id(ref)
     with engine.connect() as conn:
-        row = conn.execute(select(storages.c.last_success_at).where(storages.c.id == int(ref))).first()
+        row = conn.execute(select(storages.c.last_success_at).where(storages.c.id == storage)).first()
     if row is None:
         raise StorageNotFound("Storage not found")
     if row.last_success_at is None:
         raise NoSuccessfulScan("No successful scan found")
-    return int(ref)
+    return storage
 
 
 def files_url(request: Request, storage: int) -> str:

@@ -207,9 +207,10 @@ def test_data_and_geojson_answer_404_without_a_successful_scan(world: World) -> 
         for route in ("data", "geojson"):
             never = client.get(f"/storages/{world.unscanned}/{route}")
             assert (never.status_code, never.json()) == (404, {"code": 404, "message": "No successful scan found"})
-            for unknown in ("999999", "not-an-id", "12345678901234567890123"):
+            for unknown, message in (("999999", "Storage not found"), ("not-an-id", "Invalid storage identifier"),
+                                     ("12345678901234567890123", "Invalid storage identifier")):
                 answer = client.get(f"/storages/{unknown}/{route}")
-                assert (answer.status_code, answer.json()) == (404, {"code": 404, "message": "Storage not found"})
+                assert (answer.status_code, answer.json()) == (404, {"code": 404, "message": message})
 
 
 @pytest.mark.parametrize("transport", ["http", "ftp", "sftp", "s3"])
