@@ -29,12 +29,16 @@ def register_storage(engine: Engine, url: str, source: str | None, sealed: str |
     The URL to open is `source` when it has no credential, else `sealed`, encrypted; the latest
     registration wins, as the latest publication does.
     """
-    with engine.connect() as conn:
-        known = conn.execute(select(storages.c.id).where(storages.c.url == url)).scalar() is not None
-    storage = storage_id(engine, url)
     with engine.begin() as conn:
-        conn.execute(update(storages).where(storages.c.id == storage).values(source=source, secret=sealed))
-    return storage, not known
+        found = conn.execute(select(storages.c.id).where(storages.c.url == url)).scalar()
+        created = False
+        if found is None:  # of two registrations at once, one inserts and the other reads its id
+            created = bool(conn.execute(upsert(conn, storages).values(
+                url=url, status=StorageStatus.NEW, dalles=0, skipped=0)
+                .on_conflict_do_nothing(index_elements=["url"])).rowcount)
+            found = conn.execute(select(storages.c.id).where(storages.c.url == url)).scalar_one()
+        conn.execute(update(storages).where(storages.c.id == found).values(source=source, secret=sealed))
+    return int(found), created
 
 
 def storage_url(engine: Engine, storage: int) -> str:

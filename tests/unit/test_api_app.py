@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -233,3 +234,11 @@ def test_a_posted_url_of_another_scheme_or_an_external_one_is_refused() -> None:
 def test_params_are_rebuilt_from_the_url_the_password_masked(url: str, sealed: bool, kind: str,
                                                              params: dict[str, Any]) -> None:
     assert (storage_type(url), storage_params(url, sealed)) == (kind, params)
+
+
+def test_a_storage_registered_at_once_by_several_requests_is_created_once(tmp_path: Path) -> None:
+    engine = create_store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: catalog.register_storage(
+            engine, "https://example.fr/o/", "https://example.fr/o/", None), range(8)))
+    assert sorted(answers) == [(1, False)] * 7 + [(1, True)]
