@@ -113,14 +113,16 @@ def emprise_layer(livrable_features: Iterable[dict[str, Any]]) -> dict[str, Any]
 
 def map_data(result: ScanResult, livrable_features: Sequence[dict[str, Any]], title: str, subtitle: str,
              projet: Projet | None = None, livrable: Livrable | None = None, private: bool = False,
-             download: str | None = None, when: str | None = None) -> dict[str, Any]:
-    """The page's data for a scan (see the module's docstring): the emprises, then the dalles."""
+             download: str | None = None, when: str | None = None,
+             more: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The page's data for a scan (see the module's docstring): the emprises, the dalles, then the
+    layers of `more` (drawn above them)."""
     facts: list[list[Any]] = [["fichiers listés", result.listed_files], ["fichiers raster", result.raster_files],
                               ["dalles publiées", len(result.dalles)], ["fichiers écartés", len(result.problems)],
                               ["durée du parcours (s)", round(result.duration_s, 1)]]
     if when:
         facts.insert(0, ["date", when])
-    layers = [emprise_layer(livrable_features), dalle_layer(result, projet, livrable, private)]
+    layers = [emprise_layer(livrable_features), dalle_layer(result, projet, livrable, private), *more]
     return {"title": title, "subtitle": subtitle, "facts": facts, "download": download,
             "layers": [factor_common(layer) for layer in layers]}
 

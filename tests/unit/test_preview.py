@@ -140,3 +140,26 @@ def test_a_wheel_carries_the_page_and_leaflet() -> None:
         assert path.is_file()
         relative = path.relative_to(ROOT / "indexer" / "api").as_posix()
         assert any(fnmatch.fnmatchcase(relative, glob) for glob in globs), relative
+
+
+def test_a_private_storage_shows_no_connection_detail(sample_livrable: Path, tmp_path: Path) -> None:
+    projet = {"_id": "p1", "nom": "Privé", "livrables": [{"nom": "Ortho privée", "nature": "geotiff",
+                                                          "stockage": "http", "stockage_public": False}]}
+    (tmp_path / "projet.json").write_text(json.dumps(projet), encoding="utf-8")
+    result = CliRunner().invoke(main, ["index", str(sample_livrable), "--out", str(tmp_path / "out"), "--projet",
+                                       str(tmp_path / "projet.json"), "--db", f"sqlite:///{tmp_path / 'db.sqlite'}"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "out" / "preview.html").read_text(encoding="utf-8")
+    data = page_data(page)
+    assert (data["title"], data["subtitle"]) == ("Ortho privée", "stockage privé")
+    assert str(sample_livrable) not in page
+    assert layer(data, "dalles")["classes"][0]["common"]["idPCRS"] == "p1"
+
+
+def test_more_layers_are_drawn_above_the_dalles() -> None:
+    holes = {"id": "holes", "label": "Trous", "key": "check", "name": "cell", "link": None,
+             "classes": [{"id": "hole", "label": "trous", "color": "#ff00ff", "count": 1}],
+             "features": [{"type": "Feature", "geometry": None, "properties": {"check": "hole", "cell": "3,3"}}]}
+    data = preview.map_data(ScanResult(source="file:///x", listed_files=0), [], "x", "", more=[holes])
+    assert [item["id"] for item in data["layers"]] == ["emprise", "dalles", "holes"]
