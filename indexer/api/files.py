@@ -32,7 +32,7 @@ from indexer.api.auth import check_download_token, download_secret
 from indexer.api.deps import ApiState, get_state
 from indexer.api.scanner import parse_id
 from indexer.api.streaming import from_thread
-from indexer.errors import IndexerError, ReadError, StorageNotFound
+from indexer.errors import ConfigError, IndexerError, InvalidSource, ReadError, StorageNotFound
 from indexer.models import FileEntry
 from indexer.read.formats import raster_mime
 from indexer.storages import AccessOptions, Storage, open_storage
@@ -61,16 +61,19 @@ class OpenStorages:
 
     def get(self, state: ApiState, storage: int) -> Storage:
         """The open storage of a storage id (opened with its recorded URL, credentials unsealed)."""
-        source = queries.storage_source(state.engine, storage, state.settings.secret_box())
-        if source is None:
-            raise StorageNotFound("Storage not found")
-        key = (storage, source)
-        with self._lock:
-            found = self._open.get(key)
-            if found is not None:
-                self._open.move_to_end(key)
-                return found
-        opened = open_storage(source, AccessOptions.from_settings(state.settings))
+        try:
+            source = queries.storage_source(state.engine, storage, state.settings.secret_box())
+            if source is None:
+                raise StorageNotFound("Storage not found")
+            key = (storage, source)
+            with self._lock:
+                found = self._open.get(key)
+                if found is not None:
+                    self._open.move_to_end(key)
+                    return found
+            opened = open_storage(source, AccessOptions.from_settings(state.settings))
+        except (ConfigError, InvalidSource) as exc:  # the server's key, or a URL it cannot open: not the client's
+            raise HTTPException(503, scrub(f"the storage cannot be opened: {exc}")) from None
         with self._lock:
             found = self._open.setdefault(key, opened)
             self._open.move_to_end(key)

@@ -26,15 +26,16 @@ import rasterio
 from sqlalchemy import insert, literal, select, update
 
 from indexer.api.auth import issue_download_token
+from indexer.errors import ReadError
 from indexer.pipeline import index_livrable
 from indexer.sample import BAD_FILES, SampleSpec, make_sample_livrable
-from indexer.secrets import SecretBox, new_key
+from indexer.secrets import NO_KEY, SecretBox, new_key
 from indexer.settings import Settings
 from indexer.storages import AccessOptions, open_storage
 from indexer.store.engine import create_store
 from indexer.store.schema import records, storages
 from tests.servers.api_fixtures import DOWNLOAD_SECRET, ApiServer, ApiServers
-from tests.servers.servers import SFTP_USER, SSHD, MotoS3, Nginx, ProFTPD, public_folder
+from tests.servers.servers import SFTP_USER, SSHD, MotoS3, Nginx, ProFTPD, PythonHTTP, free_port, public_folder
 
 pytestmark = pytest.mark.servers
 
@@ -52,11 +53,14 @@ MARK = os.urandom(4096)
 class World:
     root: Path
     api: ApiServer
+    nginx: Nginx
     ids: dict[str, int]
     """Storage ids by transport (``http``, ``ftp``, ``sftp``, ``s3``), and ``big`` (the sparse file)."""
     outs: dict[str, Path]
     ftp: ProFTPD
     unscanned: int
+    servers: ApiServers
+    db_url: str
 
     @property
     def livrable(self) -> Path:
@@ -98,6 +102,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, module_api_server: ApiServer
             "sftp": f"sftp://{SFTP_USER}@{sshd.host}{root / 'livrable'}",
             "s3": f"s3://{BUCKET}/pcrs/livrable",
             "big": f"{nginx.url}/big/",
+            "gone": f"http://127.0.0.1:{free_port()}/livrable/",  # nothing listens there
         }
         settings = Settings(_env_file=None, data_dir=work / "data", allowed_networks=["127.0.0.0/8"],  # type: ignore[call-arg]
                             s3_endpoint_url=s3.url, retries=1, timeout_s=10.0, concurrency=4)
@@ -128,7 +133,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, module_api_server: ApiServer
         assert len(set(ids.values())) == len(sources), ids
         api = module_api_server.start(db_url=db_url, secret_key=key, s3_endpoint_url=s3.url, retries=1,
                                       timeout_s=10, ftp_max_connections=2, sftp_key_file=sshd.client_key)
-        yield World(root, api, ids, outs, ftp, int(unscanned))
+        yield World(root, api, nginx, ids, outs, ftp, int(unscanned), module_api_server, db_url)
     finally:
         for server in reversed(servers):
             server.stop()  # type: ignore[attr-defined]
@@ -379,3 +384,51 @@ def test_concurrent_ftp_downloads_share_the_storages_logins(world: World) -> Non
     assert failures == []
     # 12 downloads at once through the storage's pool: at most FTP_MAX_CONNECTIONS logins, kept for the next
     assert len(world.ftp.logins()) - logins <= 2
+
+
+def test_a_storage_that_cannot_give_the_file_answers_502_before_any_byte(world: World) -> None:
+    path = quote(sorted(_dalles(world.outs["http"]))[0])
+    with world.api.client() as client:
+        answer = client.get(f"/storages/{world.ids['gone']}/files/{path}", params={"token": world.token("gone")})
+    assert answer.status_code == 502
+    assert answer.json()["code"] == 502
+    assert answer.json()["message"].startswith("the storage did not give the file: ")
+    assert "content-length" in answer.headers and "content-disposition" not in answer.headers
+
+
+@pytest.mark.parametrize("server", ["nginx", "http.server", "ftp"])
+def test_stream_range_keeps_pieces_small_whatever_the_server(world: World, tmp_path: Path, server: str) -> None:
+    path = sorted(_dalles(world.outs["http"]))[-1]
+    data = (world.livrable / path).read_bytes()
+    options = AccessOptions.from_settings(Settings(_env_file=None, allowed_networks=["127.0.0.0/8"],  # type: ignore[call-arg]
+                                                   retries=1, timeout_s=10.0))
+    started: list[PythonHTTP] = []
+    if server == "http.server":  # ignores Range: answers 200 with the whole file, read past the start
+        started.append(PythonHTTP(world.root, tmp_path / "pyhttp").start())
+        source = f"{started[0].url}/livrable/"
+    elif server == "ftp":  # no streamed read of its own: read_range a piece at a time
+        source = f"ftp://{world.ftp.host}/livrable"
+    else:
+        source = f"{world.nginx.url}/livrable/"
+    try:
+        with open_storage(source, options) as storage:
+            pieces = list(storage.stream_range(path, 1000, 71000, 60.0, chunk=16384))
+            assert b"".join(pieces) == data[1000:71000]
+            assert [len(p) for p in pieces] == [16384] * 4 + [70000 - 4 * 16384]
+            with pytest.raises(ReadError, match="before byte"):
+                list(storage.stream_range(path, len(data) - 10, len(data) + 10, 60.0))
+            with pytest.raises(ReadError, match="the download took more than -1 s"):
+                list(storage.stream_range(path, 0, 100, -1.0))
+    finally:
+        for pyhttp in started:
+            pyhttp.stop()
+
+
+def test_a_server_without_the_key_of_the_sealed_credentials_answers_503(world: World) -> None:
+    keyless = world.servers.start(db_url=world.db_url)  # PCRS_INDEXER_SECRET_KEY not given
+    path = quote(sorted(_dalles(world.outs["http"]))[0])
+    with keyless.client() as client:
+        answer = client.get(f"/storages/{world.ids['ftp']}/files/{path}", params={"token": world.token("ftp")})
+    assert answer.status_code == 503
+    assert answer.json() == {"code": 503, "message": f"the storage cannot be opened: {NO_KEY}"}
+    assert FTP_PASSWORD not in answer.text
