@@ -125,7 +125,8 @@ def test_file_names_show_as_text_never_as_markup(chromium: webdriver.Chrome, ser
     ActionChains(chromium).move_to_element(
         chromium.find_element(By.CSS_SELECTOR, "#pcrs-map path.pcrs-dalles-indexed")).click().perform()
     WebDriverWait(chromium, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pcrs-properties tr"))
-    assert properties(chromium)["nomImage"] == f"{hostile}.tif"
+    assert chromium.find_element(By.CSS_SELECTOR, "#pcrs-properties h3").text == f"{hostile}.tif"
+    assert properties(chromium)["chemin"] == f"{hostile}.tif"
     assert chromium.title == "livrable — carte PCRS"
 
 

@@ -80,27 +80,29 @@
     badge.appendChild(swatch(cls));
     badge.appendChild(el("span", null, layer.label + " · " + cls.label));
     panel.appendChild(badge);
-    panel.appendChild(el("h3", null, props[layer.name] || props[layer.link] || cls.label));
+    var title = props[layer.name] || props[layer.link] || cls.label;
+    panel.appendChild(el("h3", null, title));
+    var path = layer.link ? props[layer.link] : null;
+    if (token && data.download && path) {
+      var href = data.download + String(path).split("/").map(encodeURIComponent).join("/") +
+        "?token=" + encodeURIComponent(token);
+      var link = el("a", "pcrs-download", "Télécharger la dalle");
+      link.href = href;
+      link.setAttribute("download", "");
+      link.rel = "noopener";
+      panel.appendChild(link);
+    }
     var table = el("table");
     Object.keys(props).forEach(function (key) {
       var value = props[key];
       if (key === layer.key || value === null || value === undefined || value === "") { return; }
+      if (key === layer.name && value === title) { return; }
       var row = el("tr");
       row.appendChild(el("th", null, key));
       row.appendChild(el("td", null, typeof value === "object" ? JSON.stringify(value) : number(value)));
       table.appendChild(row);
     });
     panel.appendChild(table);
-    var path = layer.link ? props[layer.link] : null;
-    if (token && data.download && path) {
-      var href = data.download + String(path).split("/").map(encodeURIComponent).join("/") +
-        "?token=" + encodeURIComponent(token);
-      var link = el("a", "pcrs-download", "Télécharger");
-      link.href = href;
-      link.setAttribute("download", "");
-      link.rel = "noopener";
-      panel.appendChild(link);
-    }
     document.querySelectorAll("#pcrs-unplaced li.pcrs-selected").forEach(function (li) {
       li.classList.remove("pcrs-selected");
     });
