@@ -8,8 +8,11 @@ What a plain FTP client lacks, and `FTPConnection` adds:
   ProFTPD and vsftpd require by default, and a CA file for self-signed servers;
 - MLSD when the server's FEAT advertises it, else LIST, whose Unix and DOS/IIS lines are parsed
   by `indexer.storages.ftp_listing`; no listing cache, and transient errors left to the caller to retry;
-- a header read that costs one RETR (after REST for an offset), aborted by closing the data
-  connection as soon as the needed bytes arrived, on a connection that stays logged in.
+- a read that costs one round trip for its commands and one for its data, on a connection that
+  stays logged in: EPSV (or PASV), REST for an offset and RETR are sent in one write, without
+  waiting for each answer (servers queue a RETR until its data connection comes); as soon as the
+  bytes asked for are in, the data connection is closed, and the ABOR ending that transfer goes
+  out in the same write as the next read's commands (`FTPConnection.cat_file`).
 
 `FTPStorage` keeps a small pool of such logged-in connections, at most ``ftp_max_connections``
 (default 2, as public servers refuse more): one login per connection for the whole scan, never
@@ -53,8 +56,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_ABORTED_REPLIES = ("426", "450", "451")
-"""Replies a server may give to a RETR whose data connection the client closed early."""
+MAX_REPLY_LINES = 1000
+"""The most lines one reply may have (a multi-line ``211-`` answer)."""
 _SERVER_FULL = re.compile(r"too many|maximum number of|max(imum)? (clients|connections|users)", re.IGNORECASE)
 """How servers word a refusal because they have too many connections (vsftpd 421, ProFTPD 530)."""
 
@@ -139,8 +142,16 @@ class FTPConnection:
         """Connect and log in, within `seconds` in all."""
         self.server = server
         self.use_mlsd = False
+        self.use_epsv = False
         self._binary = False
         self._data: socket.socket | None = None
+        self._owed = 0
+        """Replies the server owes to commands sent earlier, read before the next command's."""
+        self._abort_owed = False
+        """A transfer was left unfinished: ABOR goes out before the next command."""
+        self.in_sync = True
+        """False once a pipelined exchange broke off before its replies were all read: the
+        connection cannot be used again."""
         self._expired = False
         self.ftp: ftplib.FTP
         if server.tls:
@@ -200,6 +211,7 @@ class FTPConnection:
             raise
         self._binary = False
         self.use_mlsd = "MLST" in features
+        self.use_epsv = "EPSV" in features or ftp.af != socket.AF_INET
         if "UTF8" in features:
             with suppress(ftplib.error_perm):
                 ftp.sendcmd("OPTS UTF8 ON")
@@ -209,6 +221,7 @@ class FTPConnection:
 
         Raises `FileNotFoundError` for a missing folder (550); other errors pass through.
         """
+        self._settle()
         try:
             return self._list(path.rstrip("/") or "/")
         except ftplib.error_perm as exc:
@@ -269,6 +282,7 @@ class FTPConnection:
 
     def size(self, path: str) -> int:
         """The file's size, by the SIZE command."""
+        self._settle()
         self._ensure_binary()
         size = self.ftp.size(path)
         if size is None:
@@ -276,43 +290,137 @@ class FTPConnection:
         return int(size)
 
     def cat_file(self, path: str, start: int, end: int) -> bytes:
-        """Bytes [start, end) of a file: REST when `start` > 0, then RETR aborted once they arrived.
+        """Bytes [start, end) of a file, in two round trips: the commands, then the data.
 
-        Bound: ``end - start`` bytes are read, whatever the server sends. The connection stays
-        logged in: the data connection is closed early and the server's "transfer aborted" reply
-        is read, so the next command finds the control channel clean.
+        EPSV (PASV where the server lacks it), REST when `start` > 0, and RETR go out in one
+        write, after the ABOR of the previous transfer if it was left unfinished (and TYPE I
+        once). The server answers EPSV, then queues RETR until the data connection comes;
+        ProFTPD, vsftpd and pyftpdlib all do. Once ``end - start`` bytes are in, the data
+        connection is closed and ABOR is owed: the server stops sending at once (a closed data
+        connection fails its writes), and the next command waits for no reply of this transfer.
+
+        Bound: ``end - start`` bytes are read, whatever the server sends; each reply at most
+        `MAX_REPLY_LINES` lines of ftplib's ``maxline``.
         """
         wanted = max(0, end - start)
-        chunks: list[bytes] = []
-        received = 0
-        finished = False
-        self._ensure_binary()
-        conn = self.ftp.transfercmd(f"RETR {path}", rest=start or None)
-        self._data = conn
+        commands = [] if self._binary else ["TYPE I"]
+        commands += ["EPSV" if self.use_epsv else "PASV", *([f"REST {start}"] if start else []), f"RETR {path}"]
+        self.in_sync = False  # until every reply of this exchange is read
+        self._send(commands)
+        if not self._binary:
+            self._reply("2")
+            self._binary = True
+        port = self._passive_port(self._reply("2"))
+        conn = socket.create_connection((self._control.getpeername()[0], port), self.server.timeout_s)
         try:
-            while received < wanted:
-                block = conn.recv(min(65536, wanted - received))
-                if not block:
-                    finished = True
-                    break
-                chunks.append(block)
-                received += len(block)
+            self._data = conn
+            if start:
+                self._reply("3")
+            self._reply("1", final_is_error=True)
+            conn = self._protected(conn)
+            self._data = conn
+            chunks, finished = _receive(conn, wanted)
         finally:
             self._data = None
             conn.close()
-        try:
-            self.ftp.voidresp()
-        except ftplib.error_temp as exc:
-            if finished or not str(exc).startswith(_ABORTED_REPLIES):
-                raise
+        self._owed += 1  # the transfer's own end: 226, or 426 once aborted
+        self._abort_owed = not finished
+        self.in_sync = True
         return b"".join(chunks)
 
+    @property
+    def _control(self) -> socket.socket:
+        """The control connection's socket (`EOFError` once closed)."""
+        if self.ftp.sock is None:
+            raise EOFError
+        return self.ftp.sock
+
+    def _passive_port(self, reply: str) -> int:
+        """The port of an EPSV or PASV answer; its address is never used (see the module's docstring)."""
+        if self.use_epsv:
+            return ftplib.parse229(reply, ("", 0))[1]
+        return ftplib.parse227(reply)[1]
+
+    def _protected(self, conn: socket.socket) -> socket.socket:
+        """The data connection in TLS, resuming the control connection's session, after PROT P."""
+        ftp = self.ftp
+        if isinstance(ftp, _TLSSessionReuse) and ftp.protected:
+            session = ftp.sock.session if isinstance(ftp.sock, ssl.SSLSocket) else None
+            return ftp.context.wrap_socket(conn, server_hostname=ftp.host, session=session)
+        return conn
+
+    def _send(self, commands: list[str]) -> None:
+        """Send `commands` in one write, after ABOR when a transfer was left unfinished; then read
+        the replies owed to earlier commands, whatever they say (an aborted RETR's 426, ABOR's 226
+        or 225, a 502 from a server without ABOR)."""
+        if self._abort_owed:
+            commands = ["ABOR", *commands]
+            self._owed += 1
+            self._abort_owed = False
+        for command in commands:
+            if any(c in command for c in "\r\n"):
+                raise ValueError("an FTP command cannot hold a line break")
+        self._control.sendall("".join(f"{c}\r\n" for c in commands).encode(self.ftp.encoding))
+        while self._owed:
+            self._owed -= 1
+            self._read_reply()
+
+    def _settle(self) -> None:
+        """Read what the server owes (after an ABOR if one is owed) before a plain ftplib exchange."""
+        if self._abort_owed or self._owed:
+            self._send([])
+
+    def _reply(self, expected: str, final_is_error: bool = False) -> str:
+        """The next reply, which must start with `expected`: 4xx raise `error_temp`, 5xx
+        `error_perm`, anything else `error_reply`. A refused RETR (`final_is_error`) ends the
+        exchange with the connection in sync."""
+        reply = self._read_reply()
+        if reply.startswith(expected):
+            return reply
+        if final_is_error and reply[:1] in "45":
+            self.in_sync = True
+        if reply[:1] == "4":
+            raise ftplib.error_temp(reply)
+        if reply[:1] == "5":
+            raise ftplib.error_perm(reply)
+        raise ftplib.error_reply(reply)
+
+    def _read_reply(self) -> str:
+        """One reply, multi-line ones included. Bound: `MAX_REPLY_LINES` lines."""
+        line = self.ftp.getline()
+        if line[3:4] == "-":
+            code, lines = line[:3], 1
+            while True:
+                nextline = self.ftp.getline()
+                lines += 1
+                if lines > MAX_REPLY_LINES:
+                    raise ftplib.error_proto(f"a reply of more than {MAX_REPLY_LINES} lines")
+                line += "\n" + nextline
+                if nextline[:3] == code and nextline[3:4] != "-":
+                    break
+        return line
+
     def quit(self) -> None:
-        """Say goodbye politely, then close."""
+        """Say goodbye politely (after ABOR if a transfer was left unfinished), then close."""
         try:
-            self.ftp.quit()
+            self._send(["QUIT"])
+            self._read_reply()
         except (ftplib.Error, OSError, EOFError):
-            self.ftp.close()
+            pass
+        self.ftp.close()
+
+
+def _receive(conn: socket.socket, wanted: int) -> tuple[list[bytes], bool]:
+    """Up to `wanted` bytes from a data connection, and whether it ended first (the whole file)."""
+    chunks: list[bytes] = []
+    received = 0
+    while received < wanted:
+        block = conn.recv(min(65536, wanted - received))
+        if not block:
+            return chunks, True
+        chunks.append(block)
+        received += len(block)
+    return chunks, False
 
 
 def _mlsd_facts(line: str) -> tuple[str, dict[str, str]]:
@@ -346,7 +454,7 @@ class ConnectionPool:
             with conn.deadline(seconds - (time.monotonic() - started)):
                 yield conn
         except BaseException as exc:
-            if _broken(exc):
+            if _broken(exc) or not conn.in_sync:
                 self._discard(conn)
             else:
                 self._release(conn)

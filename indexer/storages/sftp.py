@@ -1,7 +1,10 @@
 """SFTP storages, through sshfs (fsspec over asyncssh), extended for a crawler.
 
 One SSH login per storage, whose SFTP channels (a few) serve every listing and read at once.
-What sshfs lacks, reading a byte range instead of the whole file and logging out, comes from
+Header reads are coroutines on the connection's event loop (`async_reads`): the scan's window of
+reads is in flight together on that one connection, each costing two round trips (OPEN, then
+READ; its CLOSE goes out without being waited for). What sshfs lacks, reading a byte range
+instead of the whole file, not waiting for closes, and logging out, comes from
 `indexer.storages.sshfs_adapter`.
 The connection itself is made to the address checked by `indexer.addresses`, with the password
 and/or the key file given, and nothing taken from the user's ``~/.ssh`` or SSH agent.
@@ -10,10 +13,11 @@ The server's host key is not checked (a crawler has no known_hosts to trust).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,7 +25,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import asyncssh
-from fsspec.asyn import FSTimeoutError, sync
+from fsspec.asyn import FSTimeoutError, get_loop, sync
 
 from indexer.errors import ForbiddenAddress, NotFound, ReadError
 from indexer.models import FileEntry
@@ -31,16 +35,20 @@ from indexer.storages.access import (
     RetryPolicy,
     describe_os_error,
     parse_location,
+    retry_async,
     retry_sync,
 )
 from indexer.storages.addresses import AddressPolicy
-from indexer.storages.base import Storage
+from indexer.storages.base import AsyncReads, Storage
 from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, CrawlLimits, crawl_in_threads
 from indexer.storages.sshfs_adapter import RangedSSHFileSystem, logout
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+_LOST = (asyncssh.DisconnectError, asyncssh.ConnectionLost, ConnectionError, FSTimeoutError)
+"""Failures after which the connection is dropped and the next call logs in again."""
 
 class LoginRefused(Exception):
     """The server refused the user's password or key."""
@@ -129,7 +137,7 @@ class SFTPStorage(Storage):
             fs = self._connection()
             try:
                 return operation(fs)
-            except (asyncssh.DisconnectError, asyncssh.ConnectionLost, ConnectionError, FSTimeoutError):
+            except _LOST:
                 self._drop(fs)
                 raise
 
@@ -183,6 +191,40 @@ class SFTPStorage(Storage):
 
         return self._read(entry.path, read)
 
+    def async_reads(self) -> AsyncReads:
+        """Header reads as coroutines on the loop of the connection, all in flight on it at once."""
+        return _CoroutineReads(self)
+
+    async def _read_start_async(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        full = self._path(entry.path)
+
+        async def read(fs: RangedSSHFileSystem) -> tuple[bytes, FileEntry]:
+            size = entry.size if entry.size is not None else int((await fs._info(full))["size"])
+            data = await fs._cat_file(full, 0, min(length, size)) if size else b""
+            return data, replace(entry, size=size)
+
+        return await self._read_async(entry.path, read)
+
+    async def _read_async(self, path: str, operation: Callable[[RangedSSHFileSystem], Awaitable[T]]) -> T:
+        """`operation` on the connection's loop, retried under the policy (each attempt, logging in
+        included, within ``timeout_s``); failures end as `ReadError`, as `_read` does."""
+        async def attempt() -> T:
+            fs = self._fs
+            if fs is None:  # log in from a thread: the connection is made on this loop, which must not wait
+                fs = await asyncio.get_running_loop().run_in_executor(None, self._connection)
+            try:
+                return await operation(fs)
+            except _LOST:
+                self._drop(fs)
+                raise
+
+        try:
+            return await retry_async(self.policy, path, attempt, classify_sftp)
+        except FileNotFoundError as exc:
+            raise ReadError(path, "not found") from exc
+        except ForbiddenAddress as exc:
+            raise ReadError(path, str(exc)) from exc
+
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """An SFTP read at an offset."""
         full = self._path(path)
@@ -204,3 +246,20 @@ class SFTPStorage(Storage):
             with suppress(OSError, asyncssh.Error, FSTimeoutError):
                 sync(fs.loop, logout, fs, timeout=self.policy.timeout_s)
 
+
+
+class _CoroutineReads:
+    """`SFTPStorage` header reads as coroutines on fsspec's event loop, where the connection lives."""
+
+    def __init__(self, storage: SFTPStorage) -> None:
+        self.storage = storage
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """fsspec's I/O loop: sshfs makes its connection there."""
+        loop: asyncio.AbstractEventLoop = get_loop()
+        return loop
+
+    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """`SFTPStorage.read_start` as a coroutine."""
+        return await self.storage._read_start_async(entry, length)
