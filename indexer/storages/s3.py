@@ -6,7 +6,9 @@ variables, shared credentials and config files; without any, requests are anonym
 as public buckets expect. The instance metadata service (169.254.169.254) is never asked: a
 crawler must not reach it.
 
-A listing is one paginated ListObjectsV2 over the prefix; a header read is one ranged GetObject.
+A listing is one paginated ListObjectsV2 over the prefix; a header read is one ranged GetObject,
+as a coroutine on s3fs's event loop (`async_reads`): the scan's window of reads is in flight at
+once, over as many kept-alive connections (``connections``, the scan's concurrency).
 Retries are this module's, s3fs's and botocore's own being turned off so the bound holds: every
 call with its retries ends within the retry policy's deadline. Every connection, redirects
 included, is checked by the address policy where it is made (the resolver and the socket
@@ -17,6 +19,7 @@ asked for and no more.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import threading
@@ -27,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import botocore.exceptions
 import botocore.session
-from fsspec.asyn import FSTimeoutError, sync
+from fsspec.asyn import FSTimeoutError, get_loop, sync
 from s3fs import S3FileSystem
 
 from indexer.errors import ForbiddenAddress, InvalidSource, ListingLimitReached, ReadError, StorageUnreachable
@@ -43,7 +46,7 @@ from indexer.storages.access import (
     retry_async,
 )
 from indexer.storages.addresses import AddressPolicy
-from indexer.storages.base import Storage
+from indexer.storages.base import AsyncReads, Storage
 from indexer.storages.crawl import CrawlLimits, listing_failure
 from indexer.storages.http import GuardedResolver, guarded_socket_factory
 
@@ -110,7 +113,9 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, prefix: str, policy: RetryPolicy, endpoint_url: str | None = None,
                  region: str | None = None, addresses: AddressPolicy | None = None,
-                 limits: CrawlLimits | None = None, max_listing_bytes: int = 16 * 1024 * 1024) -> None:
+                 limits: CrawlLimits | None = None, max_listing_bytes: int = 16 * 1024 * 1024,
+                 connections: int = 32) -> None:
+        """`connections`: HTTP connections kept to the endpoint, as many as reads in flight."""
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.policy = policy
@@ -119,6 +124,7 @@ class S3Storage(Storage):
         self.addresses = addresses or AddressPolicy()
         self.limits = limits or CrawlLimits()
         self.max_listing_bytes = max_listing_bytes
+        self.connections = connections
         query = f"?{urlencode({'endpoint_url': endpoint_url}, safe=':/')}" if endpoint_url else ""
         self.url = mask_url(f"s3://{bucket}/{self.prefix}{query}")
         self._fs: S3FileSystem | None = None
@@ -140,7 +146,7 @@ class S3Storage(Storage):
                                 "(give AWS keys the usual way)")
         return cls(parts.netloc, unquote(parts.path), options.retry, endpoint_url,
                    query.get("region") or options.s3_region, options.addresses, options.crawl,
-                   options.max_listing_bytes)
+                   options.max_listing_bytes, options.connections)
 
     def _filesystem(self) -> S3FileSystem:
         with self._lock:
@@ -164,6 +170,7 @@ class S3Storage(Storage):
                     client_kwargs=client_kwargs,
                     config_kwargs={"connect_timeout": timeout, "read_timeout": timeout,
                                    "retries": {"max_attempts": 1, "mode": "standard"},
+                                   "max_pool_connections": self.connections,
                                    "connector_args": {"resolver": GuardedResolver(self.addresses),
                                                       "socket_factory": guarded_socket_factory(self.addresses)},
                                    "http_session_cls": s3fs_adapter.capped_session(self.max_listing_bytes,
@@ -178,6 +185,10 @@ class S3Storage(Storage):
         fs = self._filesystem()
         return sync(fs.loop, retry_async, self.policy, what, lambda: operation(fs),  # type: ignore[no-any-return]
                     classify_s3, timeout=self.policy.deadline_s + 5)
+
+    def async_reads(self) -> AsyncReads:
+        """Ranged GetObjects as coroutines on s3fs's loop, where its HTTP sessions live."""
+        return _CoroutineReads(self)
 
     def list_files(self) -> list[FileEntry]:
         """Every object under the prefix, one paginated listing. No object at all is "not found"."""
@@ -215,6 +226,10 @@ class S3Storage(Storage):
     def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
         """One ranged GetObject; the size comes from the listing, checked against the answer's
         ``Content-Range`` and the bytes received."""
+        return self._read(entry.path, self._read_start_op(entry, length))
+
+    def _read_start_op(self, entry: FileEntry, length: int) -> Callable[[S3FileSystem], Awaitable[
+            tuple[bytes, FileEntry]]]:
         key = self._key(entry.path)
 
         async def read(fs: S3FileSystem) -> tuple[bytes, FileEntry]:
@@ -226,7 +241,18 @@ class S3Storage(Storage):
             _check_sizes(entry.path, size, content_range, len(data), min(length, size))
             return data, replace(entry, size=size)
 
-        return self._read(entry.path, read)
+        return read
+
+    async def _read_start_async(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """`read_start` on the file system's loop: its failures end as `_read`'s do."""
+        try:
+            fs = self._fs or await asyncio.get_running_loop().run_in_executor(None, self._filesystem)
+            operation = self._read_start_op(entry, length)
+            return await retry_async(self.policy, entry.path, lambda: operation(fs), classify_s3)
+        except FileNotFoundError as exc:
+            raise ReadError(entry.path, "not found") from exc
+        except (ForbiddenAddress, InvalidSource) as exc:
+            raise ReadError(entry.path, str(exc)) from exc
 
     def read_range(self, path: str, start: int, end: int) -> bytes:
         """A ranged GetObject, read up to the bytes asked for."""
@@ -251,6 +277,23 @@ class S3Storage(Storage):
             fs, self._fs = self._fs, None
         if fs is not None:
             s3fs_adapter.close(fs, self.policy.timeout_s)
+
+
+class _CoroutineReads:
+    """`S3Storage` header reads as coroutines on fsspec's event loop, where s3fs's client lives."""
+
+    def __init__(self, storage: S3Storage) -> None:
+        self.storage = storage
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """fsspec's I/O loop."""
+        loop: asyncio.AbstractEventLoop = get_loop()
+        return loop
+
+    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """`S3Storage.read_start` as a coroutine."""
+        return await self.storage._read_start_async(entry, length)
 
 
 def _check_sizes(path: str, size: int, content_range: str | None, received: int, asked: int) -> None:

@@ -243,7 +243,7 @@ def test_an_endless_sftp_folder_stops_at_the_entries_cap(hostile: list[HostileFT
             "(the max_entries and max_folders setting): reading stopped there")
     assert (run.code, run.stderr) == (3, f"pcrs-indexer: error: {line}\n")
     assert last_error(db) == line
-    assert [r[:2] for r in server.requests()] == [("READDIR", "/srv/pcrs")]  # not retried
+    assert [r[:2] for r in server.requests()] == [("LOGIN", "pcrs"), ("READDIR", "/srv/pcrs")]  # not retried
     assert run.wall_s < 30
     assert run.peak_rss_mb < BASE_RSS_MB
     assert_intact(out, files)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ftplib
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -19,12 +20,16 @@ from click.testing import CliRunner
 
 from indexer.cli import main
 from indexer.errors import ScanUnreliable
+from indexer.pipeline import ScanOptions, read_all
 from indexer.projet import Livrable, livrable_source
-from indexer.read.formats import raster_mime
+from indexer.read.formats import Listing, raster_mime
 from indexer.sample import write_dalle
 from indexer.settings import get_settings
 from indexer.storages import AccessOptions, open_storage
-from tests.servers.servers import SFTP_USER, FaultyHTTP, Nginx, ProFTPD, PythonHTTP, public_folder
+from indexer.storages.access import RetryPolicy
+from indexer.storages.addresses import AddressPolicy
+from tests.servers.recording_proxy import RecordingProxy
+from tests.servers.servers import SFTP_USER, FaultyHTTP, HostileSFTP, Nginx, ProFTPD, PythonHTTP, public_folder
 from tests.servers.storage_fixtures import (
     FTP_PASSWORD,
     KEYED_BUCKET,
@@ -115,18 +120,35 @@ def test_every_storage_gives_the_outputs_of_the_folder(name: str, served: Served
     assert got["report"] == local["report"]
 
 
-def test_ftp_logs_in_once_per_connection_and_retrieves_each_dalle_once(served: Served, tmp_path: Path) -> None:
+def test_ftp_logs_in_once_per_connection_and_reads_each_dalle_with_one_write(served: Served, tmp_path: Path) -> None:
     before = len(served.ftp.commands())
-    index_to(settings_for(served, tmp_path, concurrency=16), served.sources()["ftp-user"], tmp_path / "out")
+    with RecordingProxy(served.ftp.port) as proxy:
+        index_to(settings_for(served, tmp_path, concurrency=16),
+                 f"ftp://pcrs:{FTP_PASSWORD}@127.0.0.1:{proxy.port}/livrable", tmp_path / "out")
+        writes = proxy.recorded()
     commands = served.ftp.commands()[before:]
     logins = [c for c in commands if c.command == "PASS"]
     assert [c.status for c in logins] == ["230", "230"]  # the cap, 2 connections, each logged in once
     assert len({c.session for c in commands}) == 2
-    assert [c.command for c in commands].count("MLSD") == 5  # the root and its four folders
+    names = [c.command for c in commands]
+    assert names.count("MLSD") == names.count("PASV") == 5  # the root and its four folders
     retrieved = Counter(c.argument for c in commands if c.command == "RETR")
     assert retrieved == {f"/livrable/{path}": 1 for path in rasters(served)}
+    # Three commands per dalle: EPSV, RETR and the ABOR cutting the transfer once the header is in.
+    assert names.count("EPSV") == names.count("ABOR") == len(rasters(served))
+    assert names.count("TYPE") == 5 + 2  # TYPE A before each listing, TYPE I once per connection before the reads
     assert not [c for c in commands if c.command == "REST"]  # header reads start at 0
-    assert [c.command for c in commands].count("QUIT") == 2
+    assert names.count("QUIT") == 2
+    # Each read is one write on its connection: the last transfer's ABOR, EPSV and RETR together,
+    # so that it waits for one answer (EPSV's) before its data connection.
+    assert len(writes) == 2
+    for chunks in writes:
+        reads = [chunk for chunk in chunks if b"RETR " in chunk]
+        assert re.fullmatch(rb"TYPE I\r\nEPSV\r\nRETR /livrable/[^\r\n]+\r\n", reads[0]), reads[0]
+        for chunk in reads[1:]:
+            assert re.fullmatch(rb"ABOR\r\nEPSV\r\nRETR /livrable/[^\r\n]+\r\n", chunk), chunk
+        assert chunks[-1] == b"ABOR\r\nQUIT\r\n"
+    assert sum(len([c for c in chunks if b"RETR " in c]) for chunks in writes) == len(rasters(served))
 
 
 def test_ftp_reads_a_range_with_rest_on_the_same_login(served: Served) -> None:
@@ -157,6 +179,33 @@ def test_ftp_without_mlsd_lists_with_list(served: Served, tmp_path: Path) -> Non
     commands = [c.command for c in served.ftp_list.commands()[before:]]
     assert "MLSD" not in commands
     assert commands.count("LIST") == 5
+
+
+def test_sftp_reads_are_in_flight_together_on_one_connection(tmp_path: Path) -> None:
+    server = HostileSFTP(tmp_path / "sftp", "files").start()
+    try:
+        storage = open_storage(f"sftp://pcrs:Sftp-Pass-1@{server.host}/srv/pcrs", AccessOptions(
+            addresses=AddressPolicy.of(["127.0.0.0/8"]), retry=RetryPolicy(retries=0, timeout_s=10)))
+        with storage:
+            listing = Listing.of(storage.list_files())
+            results = read_all(storage, listing, listing.candidates, ScanOptions(concurrency=8))
+        requests = [r[:2] for r in server.requests()]
+    finally:
+        server.stop()
+    files = [f"/srv/pcrs/d{n:03d}.tif" for n in range(40)]
+    assert [(r.path, r.reason) for r in results] == [(f.rsplit("/", 1)[1], "corrupt") for f in files]  # zeros
+    assert [r for r in requests if r[0] == "LOGIN"] == [("LOGIN", "pcrs")]  # one for the listing and every read
+    # Per dalle: OPEN, one READ of its 1,000 bytes, CLOSE; no STAT (the size comes from the listing).
+    assert sorted(p for r, p in requests if r == "OPEN") == files
+    assert sorted(p for r, p in requests if r == "READ") == [f"{f}@0+1000" for f in files]
+    assert sorted(p for r, p in requests if r == "CLOSE") == files
+    assert {r for r, _ in requests} == {"LOGIN", "READDIR", "OPEN", "READ", "CLOSE"}
+    # Opened and not yet closed when the server got each request: the window's reads in flight together.
+    open_now, most = 0, 0
+    for request, _ in requests:
+        open_now += {"OPEN": 1, "CLOSE": -1}.get(request, 0)
+        most = max(most, open_now)
+    assert 4 <= most <= 8  # four reads share a channel before sshfs opens more, all within the window
 
 
 def test_sftp_logs_in_once_for_the_whole_scan(served: Served, tmp_path: Path) -> None:
