@@ -170,8 +170,8 @@ def test_a_large_livrable_is_drawn_on_a_canvas(chromium: webdriver.Chrome, tmp_p
         x, y = 651000.0 + (k % side) * step, 6862000.0 - (k // side) * step
         dalles.append(Dalle(FileEntry(f"d/{k:05d}.tif", 1000), "image/tiff", 200, 200, ("Red(Byte)",), "JPEG", 2154,
                             crs, ((x, y), (x + step, y), (x + step, y - step), (x, y - step)), 100.0, True))
-    result = ScanResult(source="file:///big", listed_files=len(dalles), dalles=dalles,
-                        problems=[DalleProblem(FileEntry("d/x.tif", 0), SkipReason.EMPTY, "the file is empty")])
+    empty = [DalleProblem(FileEntry(f"e/{k:03d}.tif", 0), SkipReason.EMPTY, "the file is empty") for k in range(502)]
+    result = ScanResult(source="file:///big", listed_files=len(dalles), dalles=dalles, problems=empty)
     (tmp_path / "big.html").write_text(render_page(map_data(result, [], "big", "")), encoding="utf-8")
     started = time.monotonic()
     console = load(chromium, (tmp_path / "big.html").as_uri())
@@ -179,7 +179,10 @@ def test_a_large_livrable_is_drawn_on_a_canvas(chromium: webdriver.Chrome, tmp_p
     assert console == [] and drawn_s < 10
     assert chromium.find_elements(By.CSS_SELECTOR, "#pcrs-map path") == []
     assert len(chromium.find_elements(By.CSS_SELECTOR, "#pcrs-map canvas")) == 1
-    assert legend(chromium) == {"dalles.indexed": side * side, "dalles.empty": 1}
+    assert legend(chromium) == {"dalles.indexed": side * side, "dalles.empty": 502}
+    listed = chromium.execute_script(
+        "return [...document.querySelectorAll('#pcrs-unplaced li')].map(li => li.textContent);")
+    assert listed == [f"{k:03d}.tif" for k in range(500)] + ["… et 2 autres"]
     ActionChains(chromium).move_to_element(chromium.find_element(By.ID, "pcrs-map")).click().perform()
     WebDriverWait(chromium, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pcrs-properties tr"))
     middle = side * side // 2

@@ -195,7 +195,8 @@
       list.appendChild(li);
     });
     if (unplaced.length > LIST_LIMIT) {
-      list.appendChild(el("li", "pcrs-more", "… et " + number(unplaced.length - LIST_LIMIT) + " autres"));
+      var more = unplaced.length - LIST_LIMIT;
+      list.appendChild(el("li", "pcrs-more", "… et " + number(more) + (more > 1 ? " autres" : " autre")));
     }
   }
 
