@@ -36,12 +36,14 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from indexer.crs import to_wgs84
 from indexer.emprise import check_footprints, compute_emprise
 from indexer.errors import MapAssetsMissing
 from indexer.geojson import dalle_features, livrable_feature
 from indexer.models import Dalle, DalleProblem, ScanResult, SkipReason
 from indexer.projet import Livrable, Projet
 from indexer.publish import Publication, report
+from indexer.quality import Quality, assess
 from indexer.store import queries, records
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,12 @@ OUTCOMES: dict[str, tuple[str, str]] = {
 }
 """The label and colour of each outcome of a raster file: indexed, reused, or skipped for a reason."""
 EMPRISE_COLOR = "#000091"
+CHECKS: dict[str, tuple[str, str]] = {
+    "hole": ("trous (cases manquantes)", "#ff00a8"),
+    "duplicate": ("doublons", "#ffca00"),
+    "off_grid": ("hors grille", "#00a3a6"),
+}
+"""The label and colour of each quality finding the map draws (`quality_layer`)."""
 
 
 def check_assets() -> None:
@@ -108,6 +116,42 @@ def emprise_layer(livrable_features: Iterable[dict[str, Any]]) -> dict[str, Any]
     return {"id": "emprise", "label": "Livrable", "key": "kind", "name": "nom", "link": None,
             "classes": [{"id": "emprise", "label": "emprise", "color": EMPRISE_COLOR, "count": len(features),
                          "fill": 0.05, "outline": True, "dash": "6 4"}],
+            "features": features}
+
+
+def _cell_geometry(bounds: tuple[float, float, float, float], crs_wkt: str) -> dict[str, Any]:
+    """A grid cell of a CRS as a GeoJSON polygon in WGS84 (its corners transformed, counter-clockwise)."""
+    x0, y0, x1, y1 = bounds
+    xs, ys = to_wgs84(crs_wkt).transform([x0, x1, x1, x0, x0], [y0, y0, y1, y1, y0])
+    return {"type": "Polygon", "coordinates": [[[round(x, 7), round(y, 7)] for x, y in zip(xs, ys, strict=True)]]}
+
+
+def quality_layer(quality: Quality, dalles: Sequence[Dalle]) -> dict[str, Any]:
+    """The layer of the quality checks (`indexer.quality`) of `dalles`: each hole cell, each duplicated
+    cell and each off-grid dalle (its footprint as ``dalles.geojson`` has it)."""
+    off = {o.chemin for o in quality.off_grid}
+    footprints = {f["properties"]["chemin"]: f["geometry"]
+                  for f in dalle_features([d for d in dalles if d.path in off], None, None)}
+    wkts = {g.crs: g.crs_wkt for g in quality.grids}
+    features: list[dict[str, Any]] = []
+    for grid in quality.grids:
+        features += [{"type": "Feature", "geometry": _cell_geometry(b, grid.crs_wkt),
+                      "properties": {"check": "hole", "name": "case manquante", "crs": grid.crs,
+                                     "bounds": " ".join(f"{v:.3f}" for v in b)}} for b in grid.hole_cells]
+    features += [{"type": "Feature", "geometry": _cell_geometry(d.cell, wkts[d.crs]),
+                  "properties": {"check": "duplicate", "name": d.chemins[0].rsplit("/", 1)[-1], "chemin": d.chemins[0],
+                                 "chemins": " · ".join(d.chemins),
+                                 "copies": "identiques" if d.identical else "différentes: " + ", ".join(d.differences)}}
+                 for d in quality.duplicates]
+    features += [{"type": "Feature", "geometry": footprints[o.chemin],
+                  "properties": {"check": "off_grid", "name": o.chemin.rsplit("/", 1)[-1], "chemin": o.chemin,
+                                 "crs": o.crs, "offset": round(o.offset, 3), "dx": round(o.dx, 3),
+                                 "dy": round(o.dy, 3)}}
+                 for o in quality.off_grid if o.chemin in footprints]
+    counts = Counter(f["properties"]["check"] for f in features)
+    return {"id": "quality", "label": "Contrôle qualité", "key": "check", "name": "name", "link": "chemin",
+            "classes": [{"id": check, "label": label, "color": color, "count": counts[check], "fill": 0.35,
+                         "outline": True} for check, (label, color) in CHECKS.items()],
             "features": features}
 
 
@@ -187,7 +231,8 @@ def preview_of(publication: Publication, projet: Projet | None, livrable: Livrab
     private = livrable is not None and livrable.stockage_public is False
     title = livrable.nom if livrable else (result.source.rstrip("/").rsplit("/", 1)[-1] or result.source)
     subtitle = "stockage privé" if private else result.source
-    data = map_data(result, [publication.feature], title, subtitle, projet, livrable, private, when=today.isoformat())
+    data = map_data(result, [publication.feature], title, subtitle, projet, livrable, private, when=today.isoformat(),
+                    more=[quality_layer(publication.quality, result.dalles)])
     return render_page(data)
 
 
@@ -215,7 +260,7 @@ def storage_map(engine: Engine, storage: int, download: str | None = None) -> di
     title = " · ".join(nom for _, nom, _ in published) or last.url.rstrip("/").rsplit("/", 1)[-1] or last.url
     when = last.finished_at.strftime("%Y-%m-%d %H:%M UTC") if last.finished_at else None
     return map_data(result, features, title, "stockage privé" if private else last.url, projet, livrable,
-                    private, download, when)
+                    private, download, when, [quality_layer(assess(checked, placed=True), dalles)])
 
 
 def write_index_preview(out: Path, publication: Publication, projet: Projet | None, livrable: Livrable | None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
@@ -89,6 +89,8 @@ class Grid:
     """Empty cells enclosed by delivered cells; None when the grid spans more than `MAX_GRID_CELLS`."""
     hole_cells: tuple[Bounds, ...] = ()
     """The bounds of each hole cell (at most `MAX_LISTED_HOLES`), by x then y."""
+    crs_wkt: str = field(default="", compare=False)
+    """The CRS itself (not in `to_dict`)."""
 
     @property
     def hole_area(self) -> float:
@@ -511,7 +513,7 @@ def _assess_group(group: _Group) -> _GroupFindings:
     off = ~layout.rotated & (layout.offset > group.tolerance)
     holes, cells = _holes(group, layout)
     grid = Grid(group.crs, len(group.dalles), layout.size, layout.origin,
-                int((~layout.rotated & ~off).sum()), holes, cells)
+                int((~layout.rotated & ~off).sum()), holes, cells, group.dalles[0].crs_wkt)
     duplicates = _duplicates(group, layout)
     (sx, sy), (ox, oy) = layout.size, layout.origin
     dx = group.xmin - (ox + layout.cells[:, 0] * sx)

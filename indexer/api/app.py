@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer import __version__
-from indexer.api import data, files, items, page, scanner
+from indexer.api import data, files, items, page, quality, scanner
 from indexer.api.auth import TokenRefused, Unauthorized, Unavailable
 from indexer.api.deps import ApiState, get_state
 from indexer.api.runner import Runner
@@ -179,4 +179,5 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
     app.include_router(files.router)
     app.include_router(page.router)
     app.include_router(data.router)
+    app.include_router(quality.router)
     return app

@@ -6,6 +6,7 @@ in the test's folder."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,7 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from indexer.api.auth import issue_download_token
 from indexer.cli import main
 from indexer.models import Dalle, DalleProblem, FileEntry, ScanResult, SkipReason
-from indexer.preview import LEAFLET, OUTCOMES, map_data, render_page
+from indexer.preview import CHECKS, LEAFLET, OUTCOMES, map_data, render_page
 from indexer.sample import BAD_FILES, write_dalle
 from tests.conftest import SMALL
 from tests.servers.api_fixtures import DOWNLOAD_SECRET, ApiServer, ApiServers, module_api_server_fixture  # noqa: F401
@@ -83,7 +84,12 @@ def test_the_served_page_in_chromium(chromium: webdriver.Chrome, server: ApiServ
         leaflet = client.get("/static/leaflet/leaflet.js")
         assert leaflet.status_code == 200 and leaflet.content == (LEAFLET / "leaflet.js").read_bytes()
         assert leaflet.headers["content-type"] == "text/javascript; charset=utf-8"
-        for missing in ("/storages/7/preview", "/storages/x1/preview", "/storages/%2e%2e/preview"):
+        quality = client.get("/storages/1/quality")  # the document beside the outputs of index
+        assert quality.status_code == 200
+        assert quality.json() == json.loads((indexed / "quality.json").read_text(encoding="utf-8"))
+        assert quality.json()["grids"][0]["hole_cells"] == [[651200.0, 6861600.0, 651400.0, 6861800.0]]
+        for missing in ("/storages/7/preview", "/storages/x1/preview", "/storages/%2e%2e/preview",
+                        "/storages/7/quality"):
             answer = client.get(missing)
             assert (answer.status_code, answer.json()["code"]) == (404, 404), missing
         for outside in ("/static/package.json", "/static/leaflet/..%2f..%2fpackage.json",
@@ -96,9 +102,10 @@ def test_the_served_page_in_chromium(chromium: webdriver.Chrome, server: ApiServ
     console = load(chromium, f"{server.url}/storages/1/preview?token={token}")
     assert console == []
     green = OUTCOMES["indexed"][1]
-    assert drawn(chromium) == {("pcrs-emprise-emprise", "#000091"): 1, ("pcrs-dalles-indexed", green): VALID}
+    assert drawn(chromium) == {("pcrs-emprise-emprise", "#000091"): 1, ("pcrs-dalles-indexed", green): VALID,
+                               ("pcrs-quality-hole", CHECKS["hole"][1]): 1}  # the sample's missing dalle
     reasons = Counter(BAD_FILES.values())
-    assert legend(chromium) == {"emprise.emprise": 1, "dalles.indexed": VALID,
+    assert legend(chromium) == {"emprise.emprise": 1, "dalles.indexed": VALID, "quality.hole": 1,
                                 **{f"dalles.{reason}": n for reason, n in reasons.items()}}
     dalle = chromium.find_elements(By.CSS_SELECTOR, "#pcrs-map path.pcrs-dalles-indexed")[-1]
     ActionChains(chromium).move_to_element(dalle).click().perform()
@@ -135,9 +142,10 @@ def test_preview_html_of_index_in_chromium(chromium: webdriver.Chrome, indexed: 
     console = load(chromium, (indexed / "preview.html").as_uri())
     assert console == []
     green = OUTCOMES["indexed"][1]
-    assert drawn(chromium) == {("pcrs-emprise-emprise", "#000091"): 1, ("pcrs-dalles-indexed", green): VALID}
+    assert drawn(chromium) == {("pcrs-emprise-emprise", "#000091"): 1, ("pcrs-dalles-indexed", green): VALID,
+                               ("pcrs-quality-hole", CHECKS["hole"][1]): 1}  # the sample's missing dalle
     reasons = Counter(BAD_FILES.values())
-    assert legend(chromium) == {"emprise.emprise": 1, "dalles.indexed": VALID,
+    assert legend(chromium) == {"emprise.emprise": 1, "dalles.indexed": VALID, "quality.hole": 1,
                                 **{f"dalles.{reason}": n for reason, n in reasons.items()}}
     unplaced = chromium.find_elements(By.CSS_SELECTOR, "#pcrs-unplaced li")
     assert Counter(li.get_attribute("data-class") for li in unplaced) == reasons

@@ -60,7 +60,7 @@ def test_index_writes_a_self_contained_map_of_its_outputs(sample_livrable: Path,
     data = page_data(page)
     assert data["title"] == "livrable" and data["subtitle"] == sample_livrable.as_uri()
     assert data["download"] is None
-    assert [item["id"] for item in data["layers"]] == ["emprise", "dalles"]
+    assert [item["id"] for item in data["layers"]] == ["emprise", "dalles", "quality"]
     dalles = layer(data, "dalles")
     expected = {"indexed": VALID, "reused": 0, **Counter(BAD_FILES.values())}
     assert counts(dalles) == {**dict.fromkeys(preview.OUTCOMES, 0), **expected}

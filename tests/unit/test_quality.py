@@ -7,10 +7,11 @@ import math
 from functools import cache
 
 import pytest
-from pyproj import CRS
+from pyproj import CRS, Transformer
 
 from indexer import quality as quality_module
-from indexer.models import Dalle, DalleProblem, FileEntry, Record, SkipReason
+from indexer.models import Dalle, DalleProblem, FileEntry, Record, ScanResult, SkipReason
+from indexer.preview import CHECKS, map_data, quality_layer
 from indexer.quality import NameConvention, assess
 
 X0, Y0, TILE = 651000, 6861000, 200
@@ -225,3 +226,26 @@ def test_each_naming_convention_is_found_and_its_wrong_names_listed(named: objec
 def test_names_without_coordinates_give_no_convention() -> None:
     quality = assess([dalle(f"dalle_{n}.tif", *cell(n % 5, n // 5)) for n in range(10)])
     assert quality.convention is None and quality.names_disagreeing == ()
+
+
+def test_the_map_draws_holes_duplicates_and_off_grid_dalles() -> None:
+    records = livrable()
+    dalles = [r for r in records if isinstance(r, Dalle)]
+    result = ScanResult(source="file:///livrable", listed_files=len(records), dalles=dalles,
+                        problems=[r for r in records if isinstance(r, DalleProblem)])
+    data = map_data(result, [], "livrable", "", more=[quality_layer(assess(records), dalles)])
+    emprise, drawn, checks = data["layers"]
+    assert checks["id"] == "quality" and checks["key"] == "check"
+    assert {c["id"]: (c["count"], c["color"]) for c in checks["classes"]} == {
+        check: (count, CHECKS[check][1]) for check, count in (("hole", 3), ("duplicate", 2), ("off_grid", 2))}
+    hole = next(f for f in checks["features"] if f["properties"]["check"] == "hole")
+    xs, ys = Transformer.from_crs(2154, 4326, always_xy=True).transform([651600.0, 651800.0], [6861800.0, 6862000.0])
+    assert hole["geometry"]["coordinates"][0][0] == [round(xs[0], 7), round(ys[0], 7)]  # lower-left corner
+    assert hole["geometry"]["coordinates"][0][2] == [round(xs[1], 7), round(ys[1], 7)]  # upper-right
+    assert hole["properties"]["bounds"] == "651600.000 6861800.000 651800.000 6862000.000"
+    shifted = f"lot1/{name(*cell(1, 5))}"
+    off = next(f for f in checks["features"] if f["properties"].get("chemin") == shifted)
+    assert off["properties"]["check"] == "off_grid" and off["properties"]["offset"] == 0.5
+    assert off["geometry"] == next(f["geometry"] for f in drawn["features"] if f["properties"]["chemin"] == shifted)
+    assert [f["properties"]["copies"] for f in checks["features"] if f["properties"]["check"] == "duplicate"] == [
+        "identiques", "différentes: size"]

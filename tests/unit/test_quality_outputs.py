@@ -8,8 +8,11 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from indexer.api.app import create_app
 from indexer.cli import main
 from indexer.sample import write_dalle
+from indexer.settings import ApiSettings
+from tests.unit.test_api_app import call
 
 X0, Y0, TILE = 651000, 6861000, 200
 
@@ -87,6 +90,13 @@ def test_index_writes_quality_json_and_the_command_reads_it_from_the_store(tmp_p
     assert lines[0] == verdict
     assert "  hole 651400.000 6861200.000 651600.000 6861400.000" in lines
     assert "misnamed lot/PCRS_651000_6860000_L93.tif" in lines
+
+    app = create_app(ApiSettings(db_url=db, output_dir=tmp_path / "api-out"))
+    served = call(app, "GET", "/storages/1/quality")
+    assert served.status_code == 200 and served.json() == document
+    for missing in ("/storages/7/quality", "/storages/x/quality"):
+        answer = call(app, "GET", missing)
+        assert (answer.status_code, answer.json()["code"]) == (404, 404), missing
 
     unknown = runner.invoke(main, ["quality", "7", "--db", db])
     assert (unknown.exit_code, unknown.stderr) == (4, "pcrs-indexer: error: no storage '7' in the state store: see "
