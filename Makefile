@@ -46,6 +46,7 @@ lint: venv
 ## The speed benchmark (tests/benchmarks): make bench BENCH_ARGS="--sizes 1000 --concurrency 64"
 bench: venv
 	$(BIN)/python -m tests.benchmarks $(BENCH_ARGS)
+	$(BIN)/python -m tests.benchmarks.export_bench $(EXPORT_BENCH_ARGS)
 
 ## Pin the image's dependencies: docker/requirements.lock, `pip freeze` of a clean venv with the package.
 LOCK_VENV ?= /tmp/pcrs-indexer-lock

@@ -23,7 +23,10 @@ stays open while a slow reader consumes the features:
   Two indexed queries, whatever the size of the store.
 - ``last_modified(engine) -> datetime | None``: the latest publication or successful scan, None
   when the store has none. An unpublish changes the fingerprint but not this time.
-- ``export_all(engine, out) -> dict``: both files written into `out` (`indexer.publish.OutputSet`).
+- ``dalle_pages(...)``: the dalles of ``dalle_features`` a page at a time (rings and properties), for
+  the columnar formats.
+- ``export_all(engine, out, fmt="geojson") -> dict``: both files written into `out`
+  (`indexer.publish.OutputSet`), as GeoJSON, FlatGeobuf or GeoParquet (`indexer.columnar`).
 
 A page boundary may fall while a scan of the storage is committed: the dalles before it are then
 the previous scan's and those after it the new one's, each path once.
@@ -34,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -129,26 +133,36 @@ def livrable_features(engine: Engine, initiative: str | None = None, bbox: BBox 
         yield feature
 
 
-def dalle_features(engine: Engine, initiative: str | None = None, bbox: BBox | None = None, *,
-                   page: int = DALLE_PAGE, livrable_page: int = LIVRABLE_PAGE) -> Iterator[dict[str, Any]]:
-    """The features of ``dalles.geojson``, filtered by projet `initiative` and `bbox`, `page`
-    records (and `livrable_page` livrables) a query."""
+def dalle_pages(engine: Engine, initiative: str | None = None, bbox: BBox | None = None, *,
+                page: int = DALLE_PAGE, livrable_page: int = LIVRABLE_PAGE) -> Iterator[geojson.DallePage]:
+    """The dalles of `dalle_features` a page at a time: their rings and properties, for the
+    columnar formats (one page per query of at most `page` records, minus those filtered out)."""
     for published in _published(engine, initiative, livrable_page, with_features=bbox is not None):
         if bbox is not None and not _meets((published.feature or {}).get("geometry"), bbox, MARGIN):
             continue
         projet = Projet.model_validate(published.document)
         if initiative is not None and projet.id != initiative:
-            continue
+            continue  # a projet without _id is known by its nom: it has no initiative
         livrable: Livrable | None = next((liv for liv in projet.livrables if liv.nom == published.nom), None)
-        yield from geojson.dalle_features(_dalles(engine, published.storage, page), projet, livrable, bbox)
+        for batch in _dalle_batches(engine, published.storage, page):
+            yield from geojson.dalle_pages(batch, projet, livrable, bbox)
 
 
-def _dalles(engine: Engine, storage: int, page: int) -> Iterator[Dalle]:
+def dalle_features(engine: Engine, initiative: str | None = None, bbox: BBox | None = None, *,
+                   page: int = DALLE_PAGE, livrable_page: int = LIVRABLE_PAGE) -> Iterator[dict[str, Any]]:
+    """The features of ``dalles.geojson``, filtered by projet `initiative` and `bbox`, `page`
+    records (and `livrable_page` livrables) a query."""
+    for dalles in dalle_pages(engine, initiative, bbox, page=page, livrable_page=livrable_page):
+        yield from geojson.page_features(dalles)
+
+
+def _dalle_batches(engine: Engine, storage: int, page: int) -> Iterator[list[Dalle]]:
     """A storage's valid dalles by path, `page` a query."""
     after: str | None = None
     while True:
         batch = records.dalles_after(engine, storage, after, page)
-        yield from batch
+        if batch:
+            yield batch
         if len(batch) < page:
             return
         after = batch[-1].path
@@ -179,17 +193,35 @@ def last_modified(engine: Engine) -> datetime | None:
     return max(times) if times else None
 
 
-def export_all(engine: Engine, out: Path) -> dict[str, Any]:
-    """Write ``dalles.geojson`` and ``livrables.geojson`` of every published livrable into `out`.
+FORMATS = ("geojson", "fgb", "parquet")
+"""The formats of `export_all`: GeoJSON, FlatGeobuf, GeoParquet (the file names' extensions)."""
 
-    The two files hold what each storage's own published files hold, in one FeatureCollection
-    each, streamed from the store in pages.
+
+def export_all(engine: Engine, out: Path, fmt: str = "geojson", *, page: int = DALLE_PAGE) -> dict[str, Any]:
+    """Write ``dalles.<fmt>`` and ``livrables.<fmt>`` of every published livrable into `out`.
+
+    The two files hold what each storage's own published files hold (for ``geojson``, one
+    FeatureCollection each; ``fgb`` and ``parquet``: `indexer.columnar`), streamed from the store
+    in pages of `page` dalles.
     """
-    paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson"}
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: one of {', '.join(FORMATS)}")
+    paths = {"dalles": out / f"dalles.{fmt}", "livrables": out / f"livrables.{fmt}"}
+    started = time.perf_counter()
     with OutputSet(out) as files:
-        with files.open("dalles.geojson") as f:
-            dalles = geojson.write_feature_collection(f, dalle_features(engine))
-        with files.open("livrables.geojson") as f:
-            count = geojson.write_feature_collection(f, livrable_features(engine))
-    log.info("exported", extra={"livrables": count, "dalles": dalles})
-    return {"livrables": count, "dalles": dalles, "outputs": {k: str(v) for k, v in paths.items()}}
+        if fmt == "geojson":
+            with files.open("dalles.geojson") as f:
+                dalles = geojson.write_feature_collection(f, dalle_features(engine, page=page))
+            with files.open("livrables.geojson") as f:
+                count = geojson.write_feature_collection(f, livrable_features(engine))
+        else:
+            from indexer import columnar
+
+            with files.place(paths["dalles"].name) as path:
+                dalles = columnar.write_dalles(path, dalle_pages(engine, page=page), fmt == "parquet")
+            with files.place(paths["livrables"].name) as path:
+                count = columnar.write_livrables(path, livrable_features(engine), fmt == "parquet", LIVRABLE_PAGE)
+    duration = round(time.perf_counter() - started, 3)
+    log.info("exported", extra={"livrables": count, "dalles": dalles, "format": fmt, "duration_s": duration})
+    return {"livrables": count, "dalles": dalles, "format": fmt, "duration_s": duration,
+            "outputs": {k: str(v) for k, v in paths.items()}}

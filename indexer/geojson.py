@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import date
 from typing import IO, Any
 
@@ -39,6 +40,11 @@ LIVRABLE_PROPERTIES = (
     "recouvrLat", "recouvrLon", "focale", "licence", "subventions", "acteurs", "diffusion",
     "diffusionUrl", "diffusionLayer",
 )
+PROPERTY_TYPES: dict[str, type] = {
+    "resolution": float, "tailleFichier": int, "open": bool, "focale": float,
+    "taille": int, "recouvrLat": float, "recouvrLon": float, "subventions": list, "acteurs": list,
+}
+"""The type of each property of the two files that is not a string (or null), for typed formats."""
 
 
 def _number(value: float | None) -> int | float | None:
@@ -187,19 +193,46 @@ def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> 
 
 BBox = tuple[float, float, float, float]
 """A box in WGS84: (min lon, min lat, max lon, max lat)."""
+PAGE = 5000
+"""Dalles transformed at once."""
+
+
+@dataclass(frozen=True, slots=True)
+class DallePage:
+    """Dalles of one livrable ready to be written, in the order given: their rings and their properties."""
+
+    rings: np.ndarray
+    """Shape (n, 5, 2): each dalle's closed ring in WGS84 (`dalle_rings`)."""
+    properties: list[dict[str, Any]]
+    """Each dalle's properties (`dalle_properties`)."""
+
+
+def dalle_pages(dalles: Iterable[Dalle], projet: Projet | None, livrable: Livrable | None,
+                bbox: BBox | None = None) -> Iterator[DallePage]:
+    """The dalles that can be placed in WGS84, in the order given, a few thousand a page; with
+    `bbox`, only those whose footprint's box meets it (edges included). Pages are never empty."""
+    batch: list[Dalle] = []
+    for dalle in dalles:
+        batch.append(dalle)
+        if len(batch) == PAGE:
+            if page := _page(batch, projet, livrable, bbox):
+                yield page
+            batch = []
+    if page := _page(batch, projet, livrable, bbox):
+        yield page
 
 
 def dalle_features(dalles: Iterable[Dalle], projet: Projet | None, livrable: Livrable | None,
                    bbox: BBox | None = None) -> Iterator[dict[str, Any]]:
-    """GeoJSON features of dalles, in the order given, transformed a few thousand at a time; with
-    `bbox`, only those whose footprint's box meets it (edges included)."""
-    batch: list[Dalle] = []
-    for dalle in dalles:
-        batch.append(dalle)
-        if len(batch) == 5000:
-            yield from _features(batch, projet, livrable, bbox)
-            batch = []
-    yield from _features(batch, projet, livrable, bbox)
+    """GeoJSON features of dalles (`dalle_pages`): those that can be placed, in the order given."""
+    for page in dalle_pages(dalles, projet, livrable, bbox):
+        yield from page_features(page)
+
+
+def page_features(page: DallePage) -> Iterator[dict[str, Any]]:
+    """The GeoJSON features of a page of dalles."""
+    for ring, properties in zip(page.rings.tolist(), page.properties, strict=True):
+        yield {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": properties}
 
 
 def _meets(rings: np.ndarray, bbox: BBox) -> np.ndarray:
@@ -211,28 +244,29 @@ def _meets(rings: np.ndarray, bbox: BBox) -> np.ndarray:
     return result
 
 
-def _features(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None,
-              bbox: BBox | None = None) -> Iterator[dict[str, Any]]:
-    """Features of the dalles that can be placed in WGS84 (the others, left out, are logged) and
-    meet `bbox` when given."""
+def _page(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None,
+          bbox: BBox | None) -> DallePage | None:
+    """The page of the dalles that can be placed in WGS84 (the others, left out, are logged) and
+    meet `bbox` when given; None when none is left."""
     if not dalles:
-        return
+        return None
     corners = corner_array(dalles)
     unplaced = placement_problems(dalles, corners)
     if unplaced:
         keep = [i for i in range(len(dalles)) if i not in unplaced]
         dalles, corners = [dalles[i] for i in keep], corners[keep]
     rings = dalle_rings(dalles, corners)
-    finite = np.isfinite(rings).all(axis=(1, 2))
-    skipped = len(unplaced) + int((~finite).sum())
+    kept = np.isfinite(rings).all(axis=(1, 2))
+    skipped = len(unplaced) + int((~kept).sum())
     if skipped:
         log.warning("dalles left out of dalles.geojson: they cannot be placed in WGS84", extra={"dalles": skipped})
     if bbox is not None:
-        finite &= _meets(rings, bbox)
-    for dalle, ring, ok in zip(dalles, rings, finite, strict=True):
-        if ok:
-            yield {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring.tolist()]},
-                   "properties": dalle_properties(dalle, projet, livrable)}
+        kept &= _meets(rings, bbox)
+    if not kept.all():
+        dalles, rings = [d for d, ok in zip(dalles, kept, strict=True) if ok], rings[kept]
+    if not dalles:
+        return None
+    return DallePage(rings, [dalle_properties(d, projet, livrable) for d in dalles])
 
 
 def livrable_feature(dalles: list[Dalle], emprise: BaseGeometry | None, projet: Projet | None,

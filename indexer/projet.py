@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from indexer.errors import ConfigError, ForbiddenAddress, LivrableNotFound, ReadError
 from indexer.storages.access import AccessOptions, mask_url
-from indexer.storages.http import fetch_document
 
 
 class _Doc(BaseModel):
@@ -157,6 +156,8 @@ def load_projet(location: str, access: AccessOptions | None = None, token: str |
     try:
         if scheme in ("http", "https"):
             headers = {"Authorization": f"Token {token}"} if token else {}
+            from indexer.storages.http import fetch_document  # aiohttp and GDAL: only to fetch one
+
             data = fetch_document(location, access, headers)
         else:
             with open(location, "rb") as file:

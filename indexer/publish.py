@@ -154,6 +154,18 @@ class OutputSet:
             os.fsync(f.fileno())
         self.names.append(name)
 
+    @contextmanager
+    def place(self, name: str) -> Iterator[Path]:
+        """Where to write a file of the set with a writer opening it itself; synced to disk when the block ends."""
+        path = self.release / name
+        yield path
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.names.append(name)
+
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         """Publish the set (or forget it, when writing failed)."""
         if kind is not None:

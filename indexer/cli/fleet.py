@@ -22,7 +22,7 @@ from indexer import secrets
 from indexer.cli.options import db_option, writable_folder
 from indexer.cli.options import open_store as open_any_store
 from indexer.errors import ConfigError, ScanRunning
-from indexer.export import export_all
+from indexer.export import FORMATS, export_all
 from indexer.models import Trigger
 from indexer.projet import load_projet
 from indexer.service import queueing
@@ -202,10 +202,12 @@ def requeue(storage_ref: str | None, all_storages: bool, failed_only: bool, full
 @click.command()
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder receiving dalles.geojson and livrables.geojson of every published livrable.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="geojson", show_default=True,
+              help="GeoJSON, FlatGeobuf (with its spatial index) or GeoParquet (GeoArrow geometry, bbox column).")
 @db_option
-def export(out: Path, db_url: str | None) -> None:
+def export(out: Path, fmt: str, db_url: str | None) -> None:
     """Write every published livrable's dalles and emprise into two files, streamed from the store."""
-    summary = export_all(open_store(db_url), writable_folder(out))
+    summary = export_all(open_store(db_url), writable_folder(out), fmt)
     click.echo(f"{summary['livrables']} livrables, {summary['dalles']} dalles -> {out}", err=True)
     click.echo(json.dumps(summary, ensure_ascii=False))
 

@@ -28,7 +28,7 @@ with open(sys.argv[1] + ".pid", "w") as out:
     out.write(str(pid))
 _, status, usage = os.wait4(pid, 0)
 with open(sys.argv[1], "w") as out:
-    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+    out.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss} {usage.ru_utime + usage.ru_stime}")
 """
 
 
@@ -45,6 +45,8 @@ class Run:
     """Why the command was killed (``"time"``, ``"memory"``), None when it ended by itself."""
     first_stderr_at: float | None = None
     """Wall-clock time (``time.time()``) the first byte on stderr came, None without any."""
+    cpu_s: float = 0.0
+    """CPU seconds the command used (user and system)."""
 
 
 def _rss_mb(pid: int) -> float:
@@ -106,9 +108,10 @@ def run_measured(args: list[str], env: dict[str, str], cwd: Path, kill_after_s: 
         starter.stdout.close()
         assert starter.stderr is not None
         starter.stderr.close()
-        code, peak_kb = (int(v) for v in result.read_text().split())
-    return Run(code, stdout.decode(errors="replace"), errors[0].decode(errors="replace"), wall, peak_kb / 1024,
-               killed[0] if killed else None, first_stderr_at[0] if first_stderr_at else None)
+        code, peak_kb, cpu = result.read_text().split()
+    return Run(int(code), stdout.decode(errors="replace"), errors[0].decode(errors="replace"), wall,
+               int(peak_kb) / 1024, killed[0] if killed else None, first_stderr_at[0] if first_stderr_at else None,
+               float(cpu))
 
 
 

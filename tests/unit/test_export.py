@@ -237,3 +237,125 @@ def test_an_empty_store_has_a_fingerprint_and_no_time(tmp_path: Path) -> None:
     assert len(export.fingerprint(engine)) == 32 and export.last_modified(engine) is None
     assert list(export.dalle_features(engine)) == [] == list(export.livrable_features(engine))
     engine.dispose()
+
+
+def geojson_export(store: Engine, out: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    export.export_all(store, out)
+    return (json.loads((out / "dalles.geojson").read_text(encoding="utf-8"))["features"],
+            json.loads((out / "livrables.geojson").read_text(encoding="utf-8"))["features"])
+
+
+def keyed(features: list[dict[str, Any]], *names: str) -> dict[tuple[Any, ...], dict[str, Any]]:
+    return {tuple(f["properties"][n] for n in names): f for f in features}
+
+
+def ogr_features(path: Path) -> list[dict[str, Any]]:
+    """The features of a file as GDAL reads them (pyogrio), as GeoJSON-like dicts."""
+    import pyogrio
+    import shapely
+
+    meta, _, geometries, fields = pyogrio.raw.read(path)
+    features = []
+    for i, wkb in enumerate(geometries):
+        properties = {name: values[i].item() if hasattr(values[i], "item") else values[i]
+                      for name, values in zip(meta["fields"], fields, strict=True)}
+        shape = shapely.from_wkb(wkb) if wkb is not None else None
+        features.append({"properties": properties,
+                         "geometry": shapely.geometry.mapping(shape) if shape is not None else None})
+    return features
+
+
+def same_geometry(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    import shapely.geometry
+
+    if a is None or b is None:
+        return a is b
+    return bool(shapely.geometry.shape(a).equals_exact(shapely.geometry.shape(b), 0.0))
+
+
+def test_flatgeobuf_holds_the_geojson_features_with_a_spatial_index(store: Engine, tmp_path: Path) -> None:
+    import pyogrio
+
+    dalles, livrables_ = geojson_export(store, tmp_path / "geojson")
+    summary = export.export_all(store, tmp_path / "fgb", "fgb")
+    assert (summary["dalles"], summary["livrables"]) == (30, 4)
+    info = pyogrio.read_info(tmp_path / "fgb" / "dalles.fgb")
+    assert (info["features"], info["geometry_type"], info["layer_name"]) == (30, "Polygon", "dalles")
+    assert info["capabilities"]["fast_spatial_filter"] and "CRS84" in info["crs"]
+    assert list(info["fields"]) == list(geojson.DALLE_PROPERTIES)
+    read = ogr_features(tmp_path / "fgb" / "dalles.fgb")
+    expected_dalles = keyed(dalles, "idPCRS", "chemin")
+    assert len(read) == 30 and keyed(read, "idPCRS", "chemin").keys() == expected_dalles.keys()
+    for feature in read:  # in the index's order (Hilbert), each dalle once
+        want = expected_dalles[feature["properties"]["idPCRS"], feature["properties"]["chemin"]]
+        assert feature["properties"] == want["properties"]
+        assert same_geometry(feature["geometry"], want["geometry"])
+    read = ogr_features(tmp_path / "fgb" / "livrables.fgb")
+    expected_livrables = keyed(livrables_, "nom")
+    assert sorted(f["properties"]["nom"] for f in read) == ["A", "B", "C", "Sans id"]
+    for feature in read:
+        want = expected_livrables[(feature["properties"]["nom"],)]
+        lists = {k: json.loads(feature["properties"].pop(k)) for k in ("subventions", "acteurs")}  # JSON strings
+        assert {**feature["properties"], **lists} == want["properties"]
+        assert same_geometry(feature["geometry"], want["geometry"])
+    # A spatial filter answers from the index: the d2 dalles of A and C.
+    lon, lat = lonlat(PARIS[0] + 2 * 200 + 100, PARIS[1] - 100)
+    meta, _, _, fields = pyogrio.raw.read(tmp_path / "fgb" / "dalles.fgb", bbox=(lon, lat, lon + 1e-6, lat + 1e-6),
+                                          columns=["idPCRS", "chemin"])
+    assert sorted(zip(*fields, strict=True)) == [("p-a", "d2.tif"), ("p-c", "d2.tif")]
+
+
+def test_geoparquet_holds_the_geojson_features_in_geoarrow(store: Engine, tmp_path: Path) -> None:
+    import duckdb
+    import pyarrow.parquet as pq
+
+    dalles, livrables_ = geojson_export(store, tmp_path / "geojson")
+    summary = export.export_all(store, tmp_path / "parquet", "parquet")
+    assert (summary["dalles"], summary["livrables"]) == (30, 4)
+    path = tmp_path / "parquet" / "dalles.parquet"
+    geo = json.loads(pq.read_metadata(path).metadata[b"geo"])
+    all_coordinates = [c for f in dalles for c in f["geometry"]["coordinates"][0]]
+    assert geo == {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": {
+        "encoding": "polygon", "geometry_types": ["Polygon"], "orientation": "counterclockwise",
+        "covering": {"bbox": {"xmin": ["bbox", "xmin"], "ymin": ["bbox", "ymin"], "xmax": ["bbox", "xmax"],
+                              "ymax": ["bbox", "ymax"]}},
+        "bbox": [min(x for x, _ in all_coordinates), min(y for _, y in all_coordinates),
+                 max(x for x, _ in all_coordinates), max(y for _, y in all_coordinates)]}}}
+    rows = pq.read_table(path).to_pylist()
+    assert len(rows) == 30
+    for row, want in zip(rows, dalles, strict=True):  # in the GeoJSON's order
+        ring = [[v["x"], v["y"]] for v in row.pop("geometry")[0]]
+        box = row.pop("bbox")
+        assert row == want["properties"] and ring == want["geometry"]["coordinates"][0]
+        assert box == {"xmin": min(x for x, _ in ring), "ymin": min(y for _, y in ring),
+                       "xmax": max(x for x, _ in ring), "ymax": max(y for _, y in ring)}
+    livrable_rows = pq.read_table(tmp_path / "parquet" / "livrables.parquet").to_pylist()
+    assert [r["nom"] for r in livrable_rows] == ["A", "C", "B", "Sans id"]
+    for row, want in zip(livrable_rows, livrables_, strict=True):
+        polygons = [[[[v["x"], v["y"]] for v in ring] for ring in polygon] for polygon in row.pop("geometry")]
+        row.pop("bbox")
+        assert row == want["properties"]
+        geometry = want["geometry"]
+        assert polygons == ([geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"])
+    # DuckDB reads it: the count, and the bbox column as a filter (the d2 dalles).
+    lon, lat = lonlat(PARIS[0] + 2 * 200 + 100, PARIS[1] - 100)
+    found = duckdb.connect().execute(
+        "SELECT idPCRS, chemin FROM read_parquet(?) WHERE bbox.xmin <= ? AND bbox.xmax >= ? AND bbox.ymin <= ? "
+        "AND bbox.ymax >= ? ORDER BY ALL", [str(path), lon, lon, lat, lat]).fetchall()
+    assert found == [("p-a", "d2.tif"), ("p-c", "d2.tif")]
+
+
+def test_the_export_command_takes_a_format(store: Engine, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from indexer.cli import main
+
+    db = str(store.url)
+    result = CliRunner().invoke(main, ["export", "--db", db, "--out", str(tmp_path / "out"), "--format", "fgb"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert (summary["format"], summary["dalles"], summary["livrables"]) == ("fgb", 30, 4)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
+        "dalles.fgb", "livrables.fgb"]
+    result = CliRunner().invoke(main, ["export", "--db", db, "--out", str(tmp_path / "out"), "--format", "shp"])
+    assert result.exit_code == 2 and "'shp' is not one of 'geojson', 'fgb', 'parquet'" in result.stderr
