@@ -8,7 +8,6 @@ and scanned as the fleet records them.
 from __future__ import annotations
 
 import gzip
-import json
 import sqlite3
 import subprocess
 import time
@@ -45,17 +44,16 @@ def seed_grid(engine: Engine, url: str, projet: Projet, origin: tuple[float, flo
         crs = crs_ids(conn, [CRS.from_epsg(2154).to_wkt()])
         scan = conn.execute(select(func.max(scans.c.id)).where(scans.c.storage_id == storage)).scalar_one()
     (crs_id,) = crs.values()
-    bands = ["Red(Byte)", "Green(Byte)", "Blue(Byte)"]
+    meta = ('{{"mime":"image/tiff","width":4000,"height":4000,"bands":["Red(Byte)","Green(Byte)","Blue(Byte)"],'
+            '"compression":"JPEG","epsg":2154,"corners":[[{x},{y}],[{x2},{y}],[{x2},{y2}],[{x},{y2}]],'
+            '"resolution_cm":5.0,"open":true}}')
 
     def rows_of() -> Iterator[tuple[object, ...]]:
         for row in range(rows):
             for col in range(cols):
                 x, y = origin[0] + col * 200, origin[1] - row * 200
-                meta = {"mime": "image/tiff", "width": 4000, "height": 4000, "bands": bands, "compression": "JPEG",
-                        "epsg": 2154, "corners": [[x, y], [x + 200, y], [x + 200, y - 200], [x, y - 200]],
-                        "resolution_cm": 5.0, "open": True}
                 yield (storage, f"r{row:03d}/PCRS_{int(x)}_{int(y)}.tif", 50_000_000 + col, "2026-01-01", "valid",
-                       crs_id, json.dumps(meta), scan)
+                       crs_id, meta.format(x=x, y=y, x2=x + 200, y2=y - 200), scan)
 
     database = engine.url.database
     assert database is not None

@@ -7,16 +7,20 @@ import zlib
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, update
 from starlette.exceptions import HTTPException
 
 from indexer.api.data import parse_bbox
-from indexer.api.files import parse_range
+from indexer.api.deps import ApiState
+from indexer.api.files import OpenStorages, parse_range
 from indexer.api.items import record_pages
 from indexer.api.streaming import accepts_gzip, gzipped, json_pieces
 from indexer.geojson import write_feature_collection
 from indexer.models import DalleProblem, FileEntry, SkipReason
+from indexer.secrets import NO_KEY, SecretBox, new_key
+from indexer.settings import ApiSettings
 from indexer.store import catalog, scans
+from indexer.store.schema import storages
 
 
 @pytest.mark.parametrize("count", [0, 1, 3, 2000])
@@ -85,3 +89,14 @@ def test_records_are_read_a_page_a_query(engine: Engine, tmp_path: Path) -> None
     pages = [[r.path for r in page] for page in record_pages(engine, storage, page=2)]
     assert pages == [["d1.tif", "d10.tif"], ["d2.tif", "d20.tif"], ["d3.tif"]]  # code point order
     assert sum("FROM records" in q for q in queries) == 3
+
+
+def test_a_storage_whose_sealed_credentials_the_server_cannot_open_is_503(engine: Engine, tmp_path: Path) -> None:
+    source = "ftp://pcrs:ftp-Secret-Pass-77@ftp.example.test/livrable"
+    storage = catalog.storage_id(engine, "ftp://pcrs:***@ftp.example.test/livrable")
+    with engine.begin() as conn:
+        conn.execute(update(storages).where(storages.c.id == storage).values(secret=SecretBox(new_key()).seal(source)))
+    keyless = ApiState(ApiSettings(_env_file=None, secret_key=None), engine, tmp_path, None)  # type: ignore[call-arg]
+    with pytest.raises(HTTPException) as refused:
+        OpenStorages().get(keyless, storage)
+    assert (refused.value.status_code, refused.value.detail) == (503, f"the storage cannot be opened: {NO_KEY}")
