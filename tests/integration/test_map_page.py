@@ -27,7 +27,7 @@ from indexer.models import Dalle, DalleProblem, FileEntry, ScanResult, SkipReaso
 from indexer.preview import CHECKS, LEAFLET, OUTCOMES, map_data, render_page
 from indexer.sample import BAD_FILES, write_dalle
 from tests.conftest import SMALL
-from tests.servers.api_fixtures import DOWNLOAD_SECRET, ApiServer, ApiServers, module_api_server_fixture  # noqa: F401
+from tests.servers.api_fixtures import ADMIN, DOWNLOAD_SECRET, ApiServer, ApiServers, module_api_server_fixture  # noqa: F401
 from tests.servers.browser import chromium, load  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.servers
@@ -119,13 +119,26 @@ def test_the_served_page_in_chromium(chromium: webdriver.Chrome, server: ApiServ
     assert chromium.get_log("browser") == []
 
 
+def test_a_storage_never_scanned_successfully_has_no_map(server: ApiServer, indexed: Path) -> None:
+    with server.client() as client:
+        posted = client.post("/storages", headers=ADMIN, json={"type": "http", "params": {"url": "http://127.0.0.1:1/"}})
+        assert posted.status_code == 201, posted.text
+        storage = posted.json()["_id"]
+        answer = client.get(f"/storages/{storage}/preview")
+    assert (answer.status_code, answer.json()) == (404, {"code": 404, "message": f"storage {storage} has no "
+                                                                                  "successful scan yet"})
+
+
 def test_file_names_show_as_text_never_as_markup(chromium: webdriver.Chrome, server: ApiServer,  # noqa: F811
                                                  indexed: Path, tmp_path: Path) -> None:
     hostile = "<img src=x onerror=\"document.title='pwned'\">"
     write_dalle(tmp_path / "livrable" / f"{hostile}.tif", (651000.0, 6862000.0), 64)
     (tmp_path / "livrable" / f"{hostile} vide.tif").write_bytes(b"")
     index(tmp_path / "livrable", tmp_path / "out", server.db_url)
-    console = load(chromium, f"{server.url}/storages/2/preview")
+    with server.client() as client:
+        listed = client.get("/storages", headers=ADMIN).json()
+    (storage,) = [row["_id"] for row in listed if row["url"] == (tmp_path / "livrable").as_uri()]
+    console = load(chromium, f"{server.url}/storages/{storage}/preview")
     assert console == [] and chromium.title == "livrable — carte PCRS"
     assert chromium.find_elements(By.CSS_SELECTOR, "img") == []
     assert [li.text for li in chromium.find_elements(By.CSS_SELECTOR, "#pcrs-unplaced li")] == [f"{hostile} vide.tif"]

@@ -3,6 +3,7 @@ tests/integration/test_map_page.py loads the pages in Chromium)."""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import json
 import re
@@ -129,6 +130,15 @@ def test_without_leaflet_index_publishes_and_says_why_there_is_no_map(
     assert "preview" not in json.loads(result.stdout.splitlines()[-1])["outputs"]
     warning = [line for line in result.stderr.splitlines() if "preview.html not written" in line]
     assert len(warning) == 1 and "the map library is missing" in warning[0]
+
+
+def test_without_leaflet_the_api_answers_503(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from indexer.api import app, page
+
+    monkeypatch.setattr(preview, "LEAFLET", tmp_path / "missing")
+    with pytest.raises(MapAssetsMissing) as refused:
+        asyncio.run(page.static("leaflet/leaflet.js"))
+    assert app._status(refused.value) == 503
 
 
 def test_a_wheel_carries_the_page_and_leaflet() -> None:
