@@ -11,9 +11,9 @@ server's download proxy (``/storages/{id}/files/{path}``), to which the site add
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -28,7 +28,9 @@ from indexer.emprise import corner_array, placement_problems
 from indexer.errors import StorageNotFound
 from indexer.geojson import dalle_rings, epsg_label
 from indexer.models import Dalle, Record
+from indexer.projet import Projet
 from indexer.read.formats import raster_mime
+from indexer.store import catalog
 from indexer.store.records import records_after
 from indexer.store.schema import storages
 
@@ -122,12 +124,31 @@ def computed_metadata(dalle: Dalle, envelope: dict[str, Any] | None) -> dict[str
     }
 
 
-def tree_item(record: Record, envelope: dict[str, Any] | None, files: str) -> dict[str, Any]:
-    """One record as pcrs-scanner's tree item; `files` is the download proxy's URL of the storage's files."""
+def detail_mask(engine: Engine, storage: int) -> Callable[[str], str]:
+    """What a skipped file's detail shows: as is, or for a private storage (a livrable on it has
+    ``stockage_public: false``) with the storage's URL and host masked, as ``report.json`` does."""
+    private = any(liv.nom == row.nom and liv.stockage_public is False
+                  for row in catalog.livrables_of(engine, storage)
+                  for liv in Projet.model_validate(row.projet).livrables)
+    url = catalog.storage_url(engine, storage)
+    host = urlsplit(url).hostname
+    if not private or not host:
+        return lambda detail: detail
+    return lambda detail: detail.replace(url, "***").replace(host, "***")
+
+
+def _shown(detail: str) -> str:
+    return detail
+
+
+def tree_item(record: Record, envelope: dict[str, Any] | None, files: str,
+              mask: Callable[[str], str] = _shown) -> dict[str, Any]:
+    """One record as pcrs-scanner's tree item; `files` is the download proxy's URL of the storage's
+    files, `mask` what a skipped file's detail shows (`detail_mask`)."""
     path = record.file.path
     name = record.file.name
     dalle = record if isinstance(record, Dalle) else None
-    error = None if isinstance(record, Dalle) else f"{record.reason}: {record.detail}"
+    error = None if isinstance(record, Dalle) else f"{record.reason}: {mask(record.detail)}"
     mime = dalle.mime if dalle else raster_mime(path)
     return {
         "name": name,
@@ -155,13 +176,14 @@ def record_pages(engine: Engine, storage: int, page: int = PAGE) -> Iterator[lis
         after = batch[-1].path
 
 
-def tree_items(pages: Iterable[list[Record]], files: str) -> Iterator[dict[str, Any]]:
-    """The tree items of pages of records, in their order."""
+def tree_items(pages: Iterable[list[Record]], files: str, mask: Callable[[str], str] = _shown
+               ) -> Iterator[dict[str, Any]]:
+    """The tree items of pages of records, in their order (`mask`: see `tree_item`)."""
     for page in pages:
         dalles = [r for r in page if isinstance(r, Dalle)]
         shapes = dict(zip((d.path for d in dalles), envelopes(dalles), strict=True))
         for record in page:
-            yield tree_item(record, shapes.get(record.path), files)
+            yield tree_item(record, shapes.get(record.path), files, mask)
 
 
 def dalle_features(pages: Iterable[list[Record]], files: str) -> Iterator[dict[str, Any]]:
@@ -186,7 +208,8 @@ def storage_data(storage_id: str, request: Request) -> StreamingResponse:
     engine = get_state(request).engine
     storage = scanned_storage(engine, storage_id)
     files = files_url(request, storage)
-    body = from_thread(lambda: json_pieces(tree_items(record_pages(engine, storage), files), "[", "]\n"))
+    mask = detail_mask(engine, storage)
+    body = from_thread(lambda: json_pieces(tree_items(record_pages(engine, storage), files, mask), "[", "]\n"))
     return StreamingResponse(body, media_type="application/json")
 
 

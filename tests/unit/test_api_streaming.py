@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from indexer.api.data import parse_bbox
 from indexer.api.deps import ApiState
 from indexer.api.files import OpenStorages, parse_range
-from indexer.api.items import record_pages
+from indexer.api.items import detail_mask, record_pages, tree_items
 from indexer.api.streaming import accepts_gzip, gzipped, json_pieces
 from indexer.geojson import write_feature_collection
 from indexer.models import DalleProblem, FileEntry, SkipReason
@@ -21,6 +21,7 @@ from indexer.secrets import NO_KEY, SecretBox, new_key
 from indexer.settings import ApiSettings
 from indexer.store import catalog, scans
 from indexer.store.schema import storages
+from tests.unit.test_export import LYON_DALLES, projet_of, publish
 
 
 @pytest.mark.parametrize("count", [0, 1, 3, 2000])
@@ -100,3 +101,17 @@ def test_a_storage_whose_sealed_credentials_the_server_cannot_open_is_503(engine
     with pytest.raises(HTTPException) as refused:
         OpenStorages().get(keyless, storage)
     assert (refused.value.status_code, refused.value.detail) == (503, f"the storage cannot be opened: {NO_KEY}")
+
+
+@pytest.mark.parametrize("public", [True, False])
+def test_a_private_storages_items_name_no_connection_detail(engine: Engine, public: bool) -> None:
+    made = projet_of("p-1", "Privé", "Ortho")
+    projet = made.model_copy(update={"livrables": [made.livrables[0].model_copy(update={"stockage_public": public})]})
+    url = "http://secret-host.example/ortho/"
+    problem = DalleProblem(FileEntry("a.tif", 10), SkipReason.UNREADABLE,
+                           f"{url}a.tif: cannot connect to secret-host.example:80")
+    storage = publish(engine, url, projet, LYON_DALLES, [problem])
+    items = list(tree_items(record_pages(engine, storage), "http://api/files/", detail_mask(engine, storage)))
+    (error,) = [i["analyzeError"] for i in items if i["analyzeError"]]
+    assert error == ("unreadable: http://secret-host.example/ortho/a.tif: cannot connect to secret-host.example:80"
+                     if public else "unreadable: ***a.tif: cannot connect to ***:80")
