@@ -376,7 +376,7 @@ def _layout(group: _Group) -> _Layout:
     rotated = _rotation(group)
     straight = ~rotated if (~rotated).any() else np.ones_like(rotated)
     quantised = np.rint(np.column_stack([xmax - xmin, ymax - ymin]) / tol).astype(np.int64)
-    sx, sy = (float(v) * tol for v in _mode_rows(quantised[straight]))
+    sx, sy = (max(float(v), 1.0) * tol for v in _mode_rows(quantised[straight]))  # a dalle narrower: one step
     dominant = straight & (np.abs(quantised - np.array([round(sx / tol), round(sy / tol)])) <= 1).all(axis=1)
     periods = np.array([max(round(sx / tol), 1), max(round(sy / tol), 1)], dtype=np.int64)
     corners = np.rint(np.column_stack([np.mod(xmin, sx), np.mod(ymin, sy)]) / tol).astype(np.int64) % periods

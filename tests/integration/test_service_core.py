@@ -138,6 +138,9 @@ def test_a_dalle_that_cannot_be_placed_is_recorded_not_georeferenced(store: Engi
     report = json.loads((tmp_path / "out" / "1" / "report.json").read_text())
     assert {"path": "lot 1/chantier.tif", "reason": "not_georeferenced", "detail": detail} in report["skipped"]
     assert (report["raster_files"], report["indexed"], len(report["skipped"])) == (23, 15, 8)
+    quality = json.loads((tmp_path / "out" / "1" / "quality.json").read_text())  # checked at finalisation
+    assert quality["grids"][0]["hole_cells"] == [[651200.0, 6861600.0, 651400.0, 6861800.0]]
+    assert quality["skipped"]["not_georeferenced"] == ["anomalies/sans_georef.tif", "lot 1/chantier.tif"]
 
 
 def test_a_rescan_reads_only_new_or_changed_dalles(store: Engine, livrable_copy: Path, tmp_path: Path) -> None:

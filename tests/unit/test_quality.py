@@ -249,3 +249,9 @@ def test_the_map_draws_holes_duplicates_and_off_grid_dalles() -> None:
     assert off["geometry"] == next(f["geometry"] for f in drawn["features"] if f["properties"]["chemin"] == shifted)
     assert [f["properties"]["copies"] for f in checks["features"] if f["properties"]["check"] == "duplicate"] == [
         "identiques", "différentes: size"]
+
+
+def test_dalles_narrower_than_the_tolerance_are_checked_on_a_grid_of_the_tolerance() -> None:
+    quality = assess([dalle(f"{n}.tif", X0 + n * 1e-4, Y0, tile=1e-4) for n in range(3)])
+    assert quality.grids[0].size == (0.001, 0.001) and quality.grids[0].dalles == 3
+    assert quality.verdict().startswith("0 holes, 1 duplicate, ")
