@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
 
+import httpx
 from click.testing import CliRunner
+from fastapi import FastAPI
 
 from indexer.api.app import create_app
 from indexer.cli import main
 from indexer.sample import write_dalle
 from indexer.settings import ApiSettings
-from tests.unit.test_api_app import call
 
 X0, Y0, TILE = 651000, 6861000, 200
+
+
+def call(app: FastAPI, method: str, path: str) -> httpx.Response:
+    """One request to the application, without a server (httpx's ASGI transport)."""
+    async def run() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            return await client.request(method, path)
+    return asyncio.run(run())
 
 
 def ul(col: int, row: int) -> tuple[int, int]:
