@@ -32,10 +32,10 @@ def test_every_row_runs_at_a_tiny_size(monkeypatch: pytest.MonkeyPatch) -> None:
     assert labels == ["http reference", "http GDAL tuned (2)", "http ours", "http ours re-scan",
                       "ftp reference", "ftp ours", "ftp ours re-scan",
                       "sftp reference", "sftp sshfs", "sftp ours", "sftp ours re-scan",
-                      "s3 GDAL tuned (2)", "s3 ours", "s3 ours re-scan", "synthetic"]
+                      "s3 GDAL tuned (2)", "s3 ours", "s3 ours re-scan", "synthetic", "quality"]
     assert table[-1].startswith("Every server behind a TCP delay line of 2 ms round trip.")
 
-    assert {row["measured"]["dalles"] for label, row in rows.items() if label != "synthetic"} == {SIZE}
+    assert {row["measured"]["dalles"] for label, row in rows.items() if label not in ("synthetic", "quality")} == {SIZE}
     for storage in ("http", "ftp", "sftp", "s3"):
         ours, rescan = rows[f"{storage} ours"], rows[f"{storage} ours re-scan"]
         assert (ours["measured"]["read"], ours["measured"]["reused"]) == (SIZE, 0), storage
@@ -61,6 +61,7 @@ def test_every_row_runs_at_a_tiny_size(monkeypatch: pytest.MonkeyPatch) -> None:
     assert rows["sftp reference"]["server"]["line"]["connections"] == 1
     assert rows["sftp ours"]["server"]["line"]["connections"] == 1
     assert rows["synthetic"]["measured"]["emprise_parts"] == 1
+    assert rows["quality"]["measured"]["counts"]["holes"] == 1  # the synthetic livrable's placed defect
 
 
 def test_generated_dalles_lie_on_their_grid_cell(tmp_path: Path) -> None:
