@@ -9,20 +9,26 @@ pieces of about `PIECE` bytes; `gzipped` compresses a stream as it goes, never t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import queue
 import threading
+import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
+import anyio
 import anyio.to_thread
 
 PIECE = 64 * 1024
 """About how many bytes one piece of a body holds."""
 QUEUED = 8
 """Pieces a producer may have ready before it waits for the client."""
+MAX_BODIES = 64
+"""Bodies produced at once, each by a thread of its own; more wait for one to end."""
 _END = object()
+_bodies: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = weakref.WeakKeyDictionary()
 
 ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False, allow_nan=False)
 """One compact encoder for every value streamed; NaN and infinities raise rather than write what is not JSON."""
@@ -36,12 +42,27 @@ class _Failed:
 
 
 async def from_thread(produce: Callable[[], Iterable[bytes]]) -> AsyncIterator[bytes]:
-    """The pieces `produce()` yields, iterated on a thread of their own, at most `QUEUED` ahead.
+    """The pieces `produce()` yields, iterated on a thread of their own, at most `QUEUED` ahead;
+    at most `MAX_BODIES` such threads at once, the others waiting their turn.
 
     An exception of the producer is raised here, after the pieces before it; when the consumer
     stops early (the client went away), the producer stops before its next piece and its
     iterator is closed on its own thread (a cursor or a connection is released there).
     """
+    loop = asyncio.get_running_loop()
+    bodies = _bodies.get(loop)
+    if bodies is None:  # one limiter per event loop (a server has one)
+        bodies = _bodies[loop] = anyio.CapacityLimiter(MAX_BODIES)
+    async with bodies:
+        produced = _produced(produce)
+        try:
+            async for piece in produced:
+                yield piece
+        finally:
+            await produced.aclose()
+
+
+async def _produced(produce: Callable[[], Iterable[bytes]]) -> AsyncIterator[bytes]:
     pieces: queue.Queue[Any] = queue.Queue(maxsize=QUEUED)
     stop = threading.Event()
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import io
+import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 from sqlalchemy import Engine, event, update
 from starlette.exceptions import HTTPException
 
+from indexer.api import streaming
 from indexer.api.data import parse_bbox
 from indexer.api.deps import ApiState
 from indexer.api.files import OpenStorages, parse_range
 from indexer.api.items import detail_mask, record_pages, tree_items
-from indexer.api.streaming import accepts_gzip, gzipped, json_pieces
+from indexer.api.streaming import accepts_gzip, from_thread, gzipped, json_pieces
+from indexer.errors import ReadError
 from indexer.geojson import write_feature_collection
 from indexer.models import DalleProblem, FileEntry, SkipReason
 from indexer.secrets import NO_KEY, SecretBox, new_key
@@ -115,3 +120,59 @@ def test_a_private_storages_items_name_no_connection_detail(engine: Engine, publ
     (error,) = [i["analyzeError"] for i in items if i["analyzeError"]]
     assert error == ("unreadable: http://secret-host.example/ortho/a.tif: cannot connect to secret-host.example:80"
                      if public else "unreadable: ***a.tif: cannot connect to ***:80")
+
+
+def test_bodies_are_produced_a_bounded_number_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streaming, "MAX_BODIES", 2)
+    running: list[int] = []
+    most = 0
+    release = threading.Event()
+
+    def produce(n: int) -> Iterator[bytes]:
+        nonlocal most
+        running.append(n)
+        most = max(most, len(running))
+        release.wait(10)
+        yield str(n).encode()
+        running.remove(n)
+
+    async def main() -> list[bytes]:
+        got: list[bytes] = []
+
+        async def read(n: int) -> None:
+            async for piece in from_thread(lambda: produce(n)):
+                got.append(piece)
+
+        async with anyio.create_task_group() as group:
+            for n in range(5):
+                group.start_soon(read, n)
+            with anyio.fail_after(10):
+                while len(running) < 2:
+                    await anyio.sleep(0.01)
+            assert len(running) == 2  # the others wait for a turn
+            release.set()
+        return got
+
+    assert sorted(anyio.run(main)) == [b"0", b"1", b"2", b"3", b"4"]
+    assert most == 2
+
+
+def test_a_producers_error_is_raised_after_its_pieces_and_its_iterator_closed() -> None:
+    closed = threading.Event()
+
+    def produce() -> Iterator[bytes]:
+        try:
+            yield b"a"
+            raise ReadError("x.tif", "cut")
+        finally:
+            closed.set()
+
+    async def main() -> list[bytes]:
+        got = []
+        with pytest.raises(ReadError, match="cut"):
+            async for piece in from_thread(produce):
+                got.append(piece)
+        return got
+
+    assert anyio.run(main) == [b"a"]
+    assert closed.is_set()
