@@ -15,7 +15,7 @@ import queue
 import threading
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
@@ -62,7 +62,7 @@ async def from_thread(produce: Callable[[], Iterable[bytes]]) -> AsyncIterator[b
             await produced.aclose()
 
 
-async def _produced(produce: Callable[[], Iterable[bytes]]) -> AsyncIterator[bytes]:
+async def _produced(produce: Callable[[], Iterable[bytes]]) -> AsyncGenerator[bytes, None]:
     pieces: queue.Queue[Any] = queue.Queue(maxsize=QUEUED)
     stop = threading.Event()
 
