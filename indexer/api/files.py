@@ -82,10 +82,15 @@ class OpenStorages:
         return found
 
 
+_MAKING = threading.Lock()
+
+
 def _storages(request: Request) -> OpenStorages:
-    kept: OpenStorages | None = getattr(request.app.state, "open_storages", None)
-    if kept is None:
-        kept = request.app.state.open_storages = OpenStorages()
+    """The application's open storages, made at its first download."""
+    with _MAKING:
+        kept: OpenStorages | None = getattr(request.app.state, "open_storages", None)
+        if kept is None:
+            kept = request.app.state.open_storages = OpenStorages()
     return kept
 
 
