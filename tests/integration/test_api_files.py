@@ -422,3 +422,32 @@ def test_stream_range_keeps_pieces_small_whatever_the_server(world: World, tmp_p
         for pyhttp in started:
             pyhttp.stop()
 
+
+
+def test_the_sites_dalles_export_reads_ours_from_data_and_geojson(world: World) -> None:
+    """The PCRS site's ``computeDallesGeoJSON`` (backend/export/stockage.js), written from its code,
+    gets from ``/data`` and ``/geojson`` what our ``dalles.geojson`` says of each dalle."""
+    storage = world.ids["http"]
+    with world.api.client() as client:
+        indexed = {item["name"]: item for item in client.get(f"/storages/{storage}/data").json()}
+        features = client.get(f"/storages/{storage}/geojson").json()["features"]
+    formats = {"geotiff": "image/tiff", "jpeg2000": "image/jp2"}
+    ours = {f["properties"]["nomImage"]: f for f in _dalles(world.outs["http"]).values()}
+    assert len(features) == len(ours)
+    for feature in features:
+        dalle = indexed[feature["properties"]["name"]]
+        metadata = dalle["computedMetadata"]
+        site = {
+            "nomImage": dalle["name"],
+            "resolution": metadata["pixelSize"]["height"] * 100,
+            "typeImage": formats[dalle["dataFormat"]],
+            "tailleFichier": dalle["size"],
+            "tailleImage": f"{metadata['size']['height']}x{metadata['size']['width']}",
+            "compression": metadata["compression"],
+            "epsg": metadata["projection"]["code"],
+            "bandes": "/".join(f"{b['colorInterpretation'] or 'Unknown'}({b['dataType'] or 'Unknown'})"
+                               for b in metadata["bands"]),
+        }
+        expected = ours[dalle["name"]]
+        assert site == {k: expected["properties"][k] for k in site}
+        assert feature["geometry"] == expected["geometry"]
