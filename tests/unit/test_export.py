@@ -81,7 +81,11 @@ NAMELESS = projet_of(None, "p-a", "Sans id")  # a projet known by its nom only, 
 
 
 def filled(path: Path) -> Engine:
-    engine = create_store(f"sqlite:///{path}")
+    return fill(create_store(f"sqlite:///{path}"))
+
+
+def fill(engine: Engine) -> Engine:
+    """Three projets' livrables on two storages (one shared), and a projet without _id on a third."""
     publish(engine, "http://paris.test/", A, PARIS_DALLES)
     publish(engine, "http://lyon.test/", B, LYON_DALLES,
             [DalleProblem(FileEntry("lot/broken.tif", 10, None), SkipReason.CORRUPT, "truncated")])
