@@ -29,9 +29,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-## The map page's library (Leaflet), from npm, as its lock file pins it (served by the API, inlined in preview.html).
+## The map page's library (Leaflet) and /docs' Swagger UI, from npm as its lock file pins it (served by the API,
+## Leaflet inlined in preview.html), no install script run.
 $(STATIC)/node_modules/.installed: $(STATIC)/package-lock.json
-	npm ci --prefix $(STATIC) --no-audit --no-fund --loglevel=error
+	npm ci --prefix $(STATIC) --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $@
 
 ## Install the real servers the tests start on loopback (nginx, ...). Needs root or sudo.

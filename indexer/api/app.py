@@ -1,4 +1,4 @@
-"""The application: `create_app` includes each module's router, installs the error table, CORS, ``/healthz``.
+"""The application: `create_app` includes each module's router, installs the error table, CORS, ``/healthz``, ``/docs``.
 
 Every error answers JSON ``{"code": <status>, "message": <one line>}`` (the PCRS site reads
 ``body.message``): the classes raised on purpose by their status in `STATUS_CODES`, a request that
@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexer import __version__
-from indexer.api import data, files, items, page, quality, scanner
+from indexer.api import data, docs, files, items, page, quality, scanner
 from indexer.api.auth import TokenRefused, Unauthorized, Unavailable
 from indexer.api.deps import ApiState, get_state
 from indexer.api.runner import Runner
@@ -128,7 +128,8 @@ def _check_broker(url: str) -> str | None:
     return None
 
 
-@health.get("/healthz", summary="Whether the store (and the broker) answer, and which mode the server is in")
+@health.get("/healthz", summary="Whether the store (and the broker) answer, and which mode the server is in",
+            responses={503: {"description": "The store or the broker does not answer: the same document"}})
 def healthz(state: Annotated[ApiState, Depends(get_state)]) -> JSONResponse:
     """200 when the store (and in broker mode the broker) answers, else 503; says the mode."""
     store = _check_store(state.engine)
@@ -163,8 +164,10 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
                 runner.stop()
             engine.dispose()
 
-    app = FastAPI(title="pcrs-indexer", version=__version__, docs_url="/docs", redoc_url=None, lifespan=lifespan,
-                  description="The PCRS data API, and the storage routes of the PCRS site's scanner.")
+    app = FastAPI(title="pcrs-indexer", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
+                  description="The PCRS data API, and the storage routes of the PCRS site's scanner.",
+                  responses=docs.errors(500, 503))
+    app.openapi = lambda: docs.openapi_of(app)  # type: ignore[method-assign]
     app.state.api = state
     for cls in STATUS_CODES:
         app.add_exception_handler(cls, _known)
@@ -180,4 +183,5 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
     app.include_router(page.router)
     app.include_router(data.router)
     app.include_router(quality.router)
+    app.include_router(docs.router)
     return app

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from indexer.api.auth import check_download_token, download_secret
 from indexer.api.deps import ApiState, get_state
+from indexer.api.docs import errors
 from indexer.api.scanner import parse_id
 from indexer.api.streaming import from_thread
 from indexer.errors import ConfigError, IndexerError, InvalidSource, ReadError, StorageNotFound
@@ -139,8 +140,10 @@ def _headers(entry: FileEntry, size: int) -> dict[str, str]:
             "Content-Length": str(size)}
 
 
-@router.api_route("/storages/{storage_id}/files/{path:path}", methods=["GET", "HEAD"],
-                  summary="Download a file of the storage's last successful scan")
+@router.head("/storages/{storage_id}/files/{path:path}", responses=errors(403, 404, 416, 502),
+             summary="The headers of a file's download (size, type, name), without its bytes")
+@router.get("/storages/{storage_id}/files/{path:path}", responses=errors(403, 404, 416, 502),
+            summary="Download a file of the storage's last successful scan")
 def download(storage_id: str, path: str, request: Request,
              token: Annotated[str | None, Query(max_length=256)] = None,
              range_header: Annotated[str | None, Header(alias="Range")] = None) -> Response:

@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Engine, select
 
 from indexer.api.deps import get_state
+from indexer.api.docs import errors
 from indexer.api.scanner import parse_id
 from indexer.api.streaming import from_thread, json_pieces
 from indexer.crs import crs_name
@@ -199,7 +200,8 @@ def dalle_features(pages: Iterable[list[Record]], files: str) -> Iterator[dict[s
                                       "format": item["dataFormat"], "downloadUrl": item["downloadUrl"]}}
 
 
-@router.get("/storages/{storage_id}/data", summary="The files of the storage's last successful scan")
+@router.get("/storages/{storage_id}/data", summary="The files of the storage's last successful scan",
+            responses=errors(404))
 def storage_data(storage_id: str, request: Request) -> StreamingResponse:
     """Every raster file of the last successful scan as pcrs-scanner's tree items (a JSON array, streamed).
 
@@ -213,7 +215,8 @@ def storage_data(storage_id: str, request: Request) -> StreamingResponse:
     return StreamingResponse(body, media_type="application/json")
 
 
-@router.get("/storages/{storage_id}/geojson", summary="The analysed dalles of the storage, as GeoJSON")
+@router.get("/storages/{storage_id}/geojson", summary="The analysed dalles of the storage, as GeoJSON",
+            responses=errors(404))
 def storage_geojson(storage_id: str, request: Request) -> StreamingResponse:
     """A FeatureCollection of the valid dalles of the last successful scan, properties
     ``{id, name, size, format, downloadUrl}`` (streamed). 404 as ``/data``."""

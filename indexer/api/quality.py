@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from indexer.api.deps import ApiState, get_state
+from indexer.api.docs import errors
 from indexer.api.scanner import parse_id
 from indexer.errors import StorageNotFound
 from indexer.quality import assess
@@ -28,7 +29,8 @@ def storage_quality(engine: Engine, storage: int) -> dict[str, Any] | None:
 
 
 @router.get("/storages/{storage_id}/quality",
-            summary="The quality checks of the storage's last successful scan (the document of quality.json)")
+            summary="The quality checks of the storage's last successful scan (the document of quality.json)",
+            responses=errors(404))
 async def quality(storage_id: str, state: Annotated[ApiState, Depends(get_state)]) -> dict[str, Any]:
     """Grid, holes, duplicates, off-grid, overlapping and rotated dalles, outliers, names, skipped files;
     404 for an unknown storage or one never scanned successfully."""

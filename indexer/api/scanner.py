@@ -33,6 +33,7 @@ from sqlalchemy import Engine, case, desc, func, literal_column, select
 
 from indexer.api.auth import Unavailable, admin_header, download_secret, issue_download_token, require_admin
 from indexer.api.deps import ApiState, get_state
+from indexer.api.docs import errors
 from indexer.api.runner import dispatch
 from indexer.errors import ConfigError, ForbiddenAddress, StorageNotFound
 from indexer.models import ACTIVE_SCANS, ScanStatus, Trigger
@@ -525,26 +526,29 @@ _STORAGE_SCHEMA = {"requestBody": {"required": True, "content": {
 
 
 @router.post("/storages", dependencies=[Admin], openapi_extra=_STORAGE_SCHEMA, status_code=201,
-             summary="Attach a storage {type, params}; queue its scan")
+             summary="Attach a storage {type, params}; queue its scan", responses=errors(400, 401))
 def post_storage(state: State, body: Annotated[Any, Depends(storage_body)]) -> JSONResponse:
     """Record a storage and queue its scan: 201 with its document, 200 when it was known (no second scan)."""
     storage, created = attach_storage(state, body)
     return JSONResponse(document_of(state, storage, admin=True), 201 if created else 200)
 
 
-@router.get("/storages", dependencies=[Admin], summary="Every storage, as `pcrs-indexer storages --json`")
+@router.get("/storages", dependencies=[Admin], summary="Every storage, as `pcrs-indexer storages --json`",
+            responses=errors(401))
 def list_storages(state: State) -> list[dict[str, Any]]:
     """The storages of the store: id, URL without credentials, status, last success, counts, last error."""
     return [{**row.as_json(), "_id": str(row.id)} for row in queries.storage_rows(state.engine)]
 
 
-@router.get("/storages/{storage_id}", summary="A storage's document: scan state and last result")
+@router.get("/storages/{storage_id}", summary="A storage's document: scan state and last result",
+            responses=errors(404))
 def get_storage(state: State, storage_id: str, admin: Annotated[bool, Depends(admin_header)]) -> dict[str, Any]:
     """The storage document, as pcrs-scanner's; ``params`` for the admin only, the password masked."""
     return document_of(state, parse_id(storage_id), admin)
 
 
-@router.post("/storages/{storage_id}/scan", dependencies=[Admin], summary="Queue a scan of a storage")
+@router.post("/storages/{storage_id}/scan", dependencies=[Admin], summary="Queue a scan of a storage",
+             responses=errors(401, 404, 409))
 def post_scan(state: State, storage_id: str) -> dict[str, Any]:
     """Queue a scan: the storage document, 409 when one is already pending or processing."""
     storage = parse_id(storage_id)
@@ -555,7 +559,7 @@ def post_scan(state: State, storage_id: str) -> dict[str, Any]:
 
 
 @router.post("/storages/{storage_id}/generate-download-token", dependencies=[Admin],
-             summary="A token opening this storage's files for 24 to 72 hours")
+             summary="A token opening this storage's files for 24 to 72 hours", responses=errors(401, 404))
 def post_download_token(state: State, storage_id: str) -> dict[str, str]:
     """``{"token"}``, scoped to this storage, valid ``PCRS_INDEXER_DOWNLOAD_TOKEN_TTL_S``."""
     storage = parse_id(storage_id)
@@ -565,6 +569,7 @@ def post_download_token(state: State, storage_id: str) -> dict[str, str]:
 
 
 @router.post("/projets", dependencies=[Admin], summary="Publish a projet document: queue its livrables' scans",
+             responses=errors(400, 401),
              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                  "schema": {"type": "object", "description": "the projet document, as the PCRS API serves it"}}}}})
 def post_projet(state: State, body: Annotated[Any, Depends(projet_body)]) -> dict[str, Any]:
