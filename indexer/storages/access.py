@@ -371,7 +371,8 @@ async def retry_async(policy: RetryPolicy, what: str, call: Callable[[], Awaitab
     attempt = 0
     while True:
         try:
-            return await asyncio.wait_for(call(), max(0.001, min(policy.timeout_s, deadline - loop.time())))
+            async with asyncio.timeout(max(0.001, min(policy.timeout_s, deadline - loop.time()))):
+                return await call()  # in this task: no task made per attempt, as wait_for would
         except (FileNotFoundError, IndexerError, ReadError):
             raise
         except Exception as exc:  # noqa: BLE001 - classified by _backoff

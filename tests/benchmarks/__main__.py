@@ -9,6 +9,7 @@ import click
 
 from tests.benchmarks.benchmark import (
     DALLE_PIXELS,
+    FTP_REFERENCE_DALLES,
     GDAL_TUNED_PROCESSES,
     STORAGES,
     BenchmarkConfig,
@@ -35,9 +36,11 @@ from tests.benchmarks.benchmark import (
               metavar="N,...", help="Process counts the GDAL tuned peers try; the best is kept.")
 @click.option("--template-pixels", default=DALLE_PIXELS, show_default=True, type=click.IntRange(64),
               help="Width of the generated dalles (smaller: smaller files, for a quick check).")
+@click.option("--ftp-reference-dalles", default=FTP_REFERENCE_DALLES, show_default=True, type=click.IntRange(1),
+              help="The FTP reference reads only the first N dalles (one at a time, it would take hours).")
 def benchmark(sizes: str, with_100k: bool, latency_ms: float, workdir: Path | None, keep: bool,
               concurrency: int | None, header_bytes: int | None, synthetic_dalles: int, storages: str,
-              tuned_processes: str, template_pixels: int) -> None:
+              tuned_processes: str, template_pixels: int, ftp_reference_dalles: int) -> None:
     """Measure a scan against the reference /vsicurl/ approach, on a generated livrable behind a slow server."""
     try:
         counts = tuple(int(s) for s in sizes.split(",") if s.strip())
@@ -58,13 +61,15 @@ def benchmark(sizes: str, with_100k: bool, latency_ms: float, workdir: Path | No
     config = BenchmarkConfig(sizes=counts, latency_ms=latency_ms, workdir=workdir, keep=keep,
                              concurrency=concurrency, header_bytes=header_bytes, synthetic_dalles=synthetic_dalles,
                              storages=names, tuned_processes=processes or GDAL_TUNED_PROCESSES,
-                             template_pixels=template_pixels)
+                             template_pixels=template_pixels, ftp_reference_dalles=ftp_reference_dalles)
     try:
         result = run_benchmark(config, progress=lambda message: click.echo(message, err=True))
     except (RuntimeError, OSError) as exc:
         click.echo(f"benchmark: error: {exc}", err=True)
         sys.exit(1)
     click.echo(result.table())
+    if result.failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

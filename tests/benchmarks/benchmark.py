@@ -409,12 +409,15 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
     list_files = storage.list_files
     listing_s: list[float] = []
 
+    listing_cpu_s: list[float] = []
+
     def timed_list_files() -> Any:
-        begin = time.perf_counter()
+        begin, begin_cpu = time.perf_counter(), _cpu_s(resource.RUSAGE_SELF)
         try:
             return list_files()
         finally:
             listing_s.append(time.perf_counter() - begin)
+            listing_cpu_s.append(_cpu_s(resource.RUSAGE_SELF) - begin_cpu)
 
     setattr(storage, "list_files", timed_list_files)  # noqa: B010 - time the listing stage alone
     try:
@@ -422,6 +425,7 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
     finally:
         storage.close()
     scanned = time.perf_counter()
+    scan_cpu = _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0
     publication = publish_outputs(Path(params["out"]), result, None, None, date.today())
     emprised = scanned + publication.emprise_s
     wall = time.perf_counter() - started
@@ -430,7 +434,8 @@ def run_ours(params: dict[str, Any]) -> dict[str, Any]:
         "problems": sorted({p.reason for p in result.problems}),
         "wall_s": wall, "list_s": sum(listing_s), "scan_s": scanned - started,
         "emprise_s": emprised - scanned, "export_s": wall - (emprised - started),
-        "cpu_s": _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0, "rss_mb": peak_rss_mb(),
+        "cpu_s": _cpu_s(resource.RUSAGE_SELF) + _cpu_s(resource.RUSAGE_CHILDREN) - cpu0, "scan_cpu_s": scan_cpu,
+        "list_cpu_s": sum(listing_cpu_s), "rss_mb": peak_rss_mb(),
         "read": result.raster_files - result.reused, "reused": result.reused,
         "concurrency": options.concurrency, "header_bytes": options.header_bytes,
     }
@@ -551,6 +556,7 @@ def _child_main(argv: list[str]) -> int:
 
 
 STORAGES = ("http", "ftp", "sftp", "s3")
+FTP_REFERENCE_DALLES = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -568,6 +574,8 @@ class BenchmarkConfig:
         reference_processes: the HTTP and SFTP references' reads in flight.
         storages: the storages measured, among `STORAGES`.
         tuned_processes: the process counts the GDAL tuned peers try; the best is kept.
+        ftp_reference_dalles: the FTP reference reads the first dalles only (one at a time, several
+            logins each, it would take hours at 10,000): its rate is theirs.
     """
 
     sizes: tuple[int, ...] = (1000, 10_000)
@@ -581,6 +589,7 @@ class BenchmarkConfig:
     template_pixels: int = DALLE_PIXELS
     storages: tuple[str, ...] = STORAGES
     tuned_processes: tuple[int, ...] = GDAL_TUNED_PROCESSES
+    ftp_reference_dalles: int = FTP_REFERENCE_DALLES
 
 
 @dataclass(slots=True)
@@ -597,28 +606,28 @@ class Row:
 
     @property
     def dalles(self) -> int:
-        """Dalles indexed (or collected, for the reference)."""
+        """Dalles indexed (or collected, for a reference or a peer; a sampled reference reads the first ones)."""
         return int(self.measured["dalles"])
 
     @property
     def per_second(self) -> float:
         """Dalles per second of wall time."""
-        return self.size / self.measured["wall_s"] if self.measured["wall_s"] else 0.0
+        return self.dalles / self.measured["wall_s"] if self.measured["wall_s"] else 0.0
 
     @property
     def requests_per_dalle(self) -> float | None:
         """Requests per dalle, listing included, as the server counts them."""
-        return self.server["requests"] / self.size if self.server.get("requests") is not None else None
+        return self.server["requests"] / self.dalles if self.server.get("requests") is not None else None
 
     @property
     def kb_per_dalle(self) -> float | None:
         """KiB sent by the server per dalle, headers and listing included."""
-        return self.server["bytes_sent"] / 1024 / self.size if self.server else None
+        return self.server["bytes_sent"] / 1024 / self.dalles if self.server else None
 
     @property
     def cpu_ms_per_dalle(self) -> float:
         """CPU time of the run's processes (not the server's) per dalle."""
-        return 1000 * float(self.measured["cpu_s"]) / self.size
+        return 1000 * float(self.measured["cpu_s"]) / self.dalles
 
 
 @dataclass(slots=True)
@@ -628,6 +637,8 @@ class BenchmarkResult:
     config: BenchmarkConfig
     rows: list[Row]
     generation: list[GeneratedLivrable]
+    failures: list[str] = field(default_factory=list)
+    """Runs that failed (the storage and size, and why): their storage's other rows are missing."""
 
     def row(self, label: str, size: int) -> Row:
         """The row of a run, by label and size."""
@@ -642,6 +653,7 @@ class BenchmarkResult:
             "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
             "generation": [{"count": g.count, "total_bytes": g.total_bytes, "seconds": round(g.seconds, 3)}
                            for g in self.generation],
+            "failures": self.failures,
             "rows": [{"label": r.label, "storage": r.storage, "size": r.size, "measured": r.measured,
                       "server": r.server, "dalles_per_s": r.per_second, "requests_per_dalle": r.requests_per_dalle,
                       "kb_per_dalle": r.kb_per_dalle, "cpu_ms_per_dalle": r.cpu_ms_per_dalle,
@@ -651,8 +663,8 @@ class BenchmarkResult:
         }
 
     def table(self) -> str:
-        """The plain-text table, one line per row, with a legend."""
-        return format_table(self.rows, self.config)
+        """The plain-text table, one line per row, with a legend and the failed runs."""
+        return "\n".join([format_table(self.rows, self.config), *(f"FAILED: {f}" for f in self.failures)])
 
 
 def _ratio(value: float | None, reference: float | None, inverse: bool = False) -> str:
@@ -677,7 +689,8 @@ def format_table(rows: list[Row], config: BenchmarkConfig) -> str:
         ref, peer = row.reference, row.peer
         m = row.measured
         lines.append((
-            row.label, f"{row.size:,}", _num(m["wall_s"], 2), _num(row.per_second, 0),
+            row.label, f"{row.size:,}" if row.dalles == row.size else f"{row.dalles:,} of {row.size:,}",
+            _num(m["wall_s"], 2), _num(row.per_second, 0),
             _ratio(row.per_second, ref.per_second) if ref else "-",
             _ratio(row.per_second, peer.per_second) if peer else "-",
             _num(row.requests_per_dalle, 3),
@@ -700,7 +713,8 @@ def format_table(rows: list[Row], config: BenchmarkConfig) -> str:
         f"Every server behind a TCP delay line of {config.latency_ms:g} ms round trip. 'vs ref', 'vs peer': "
         "ours/theirs for dalles/s, theirs/ours for requests and KiB, against the run of the same storage and size. "
         "References (the current scanner's ways): HTTP, /vsicurl/ with GDAL's defaults in "
-        f"{config.reference_processes} processes; FTP, one dalle at a time, each 16 KiB block through a fresh login; "
+        f"{config.reference_processes} processes; FTP, one dalle at a time, each 16 KiB block through a fresh login "
+        f"(the whole listing, then the first {config.ftp_reference_dalles:,} dalles: 'N of M'); "
         f"SFTP, GDAL's default /vsicurl/ through an HTTP gateway on one cached SFTP connection, "
         f"{config.reference_processes} processes. Peers: 'GDAL tuned' (/vsicurl/ or /vsis3/ with "
         "GDAL_DISABLE_READDIR_ON_OPEN=EMPTY_DIR, GDAL_INGESTED_BYTES_AT_OPEN=16384, CPL_VSIL_CURL_ALLOWED_EXTENSIONS, "
@@ -734,6 +748,7 @@ def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] = log
     Every server, delay line and child process is stopped before returning, also on error.
     """
     rows: list[Row] = []
+    failures: list[str] = []
     generation: list[GeneratedLivrable] = []
     with _workdir(config.workdir, config.keep) as workdir:
         livrables = workdir / "livrables"
@@ -749,7 +764,11 @@ def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] = log
         with _storages(config, workdir, livrables) as storages:
             for name in config.storages:
                 for size in config.sizes:
-                    rows.extend(MEASURES[name](storages[name], size, runs / f"{name}-{size}", config, progress))
+                    try:
+                        rows.extend(MEASURES[name](storages[name], size, runs / f"{name}-{size}", config, progress))
+                    except RuntimeError as exc:  # one storage's failed run leaves the others measured
+                        progress(f"{name} at {size:,} dalles: {exc}")
+                        failures.append(f"{name} at {size:,} dalles: {exc}")
         if config.synthetic_dalles:
             progress(f"synthetic: emprise, store and export of {config.synthetic_dalles:,} dalles")
             folder = runs / f"synthetic-{config.synthetic_dalles}"
@@ -761,7 +780,7 @@ def run_benchmark(config: BenchmarkConfig, progress: Callable[[str], None] = log
             from tests.benchmarks.quality_bench import quality_row  # the quality checks of as many dalles
 
             rows.append(quality_row(config.synthetic_dalles, runs / f"quality-{config.synthetic_dalles}"))
-        result = BenchmarkResult(config, rows, generation)
+        result = BenchmarkResult(config, rows, generation, failures)
         if config.keep:
             (workdir / "results.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result
@@ -806,7 +825,7 @@ class _Measure:
         self.server.reset()
         measured = run_child(runner, params, self.folder / label.replace(" ", "-").replace("/", ""))
         row = Row(label, self.size, measured, self.server.stats(), storage=self.storage)
-        if measured["dalles"] != self.size:
+        if measured["dalles"] != min(self.size, int(params.get("limit") or self.size)):
             raise RuntimeError(f"{label} indexed {measured['dalles']} of {self.size} dalles: {measured}")
         self.progress(f"{label}: {row.per_second:,.0f} dalles/s, {_num(row.requests_per_dalle, 3)} requests/dalle, "
                       f"{_num(row.kb_per_dalle, 1)} KiB/dalle")
@@ -846,7 +865,8 @@ def _measure_http(server: Any, size: int, folder: Path, config: BenchmarkConfig,
 def _measure_ftp(server: Any, size: int, folder: Path, config: BenchmarkConfig,
                  progress: Callable[[str], None]) -> list[Row]:
     measure = _Measure("ftp", server, size, folder, progress)
-    reference = measure("reference", "ftp-reference", {"port": server.line.port, "folder": f"livrable-{size}"})
+    reference = measure("reference", "ftp-reference", {"port": server.line.port, "folder": f"livrable-{size}",
+                                                       "limit": config.ftp_reference_dalles})
     return [reference, *measure.ours(server.url(size), config, reference, None)]
 
 

@@ -258,6 +258,15 @@ class BlockFile(io.RawIOBase):
     def tell(self) -> int:
         return self.pos
 
+    def _fetch_block(self, index: int) -> bytes:
+        """Block `index`, fetched again when it comes short (at most 3 times), else an `OSError`."""
+        length = min(BLOCK, self.size - index * BLOCK)
+        for _ in range(3):
+            block = bytes(self.fetch(index * BLOCK, length))
+            if len(block) == length:
+                return block
+        raise OSError(f"block {index} came short: {len(block)} of {length} bytes, 3 times")
+
     def readinto(self, buffer: Any) -> int:
         want = min(len(buffer), max(self.size - self.pos, 0))
         out = bytearray()
@@ -265,7 +274,7 @@ class BlockFile(io.RawIOBase):
             index = (self.pos + len(out)) // BLOCK
             block = self.blocks.get(index)
             if block is None:
-                block = self.blocks[index] = self.fetch(index * BLOCK, min(BLOCK, self.size - index * BLOCK))
+                block = self.blocks[index] = self._fetch_block(index)
             start = self.pos + len(out) - index * BLOCK
             out += block[start:start + want - len(out)]
         buffer[:len(out)] = out
@@ -335,7 +344,7 @@ def run_ftp_reference(params: dict[str, Any]) -> dict[str, Any]:
     ftp = ftplib.FTP()
     ftp.connect(host, port, timeout=60)
     ftp.login(FTP_USER, FTP_PASSWORD)
-    files = sorted(_ftp_walk(ftp, f"/{params['folder']}"))
+    files = sorted(_ftp_walk(ftp, f"/{params['folder']}"))[:params.get("limit") or None]
     ftp.quit()
     listed = time.perf_counter()
     dalles = errors = 0
