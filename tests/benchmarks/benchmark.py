@@ -606,28 +606,33 @@ class Row:
 
     @property
     def dalles(self) -> int:
-        """Dalles indexed (or collected, for a reference or a peer; a sampled reference reads the first ones)."""
+        """Dalles indexed (or collected, for a reference or a peer)."""
         return int(self.measured["dalles"])
+
+    @property
+    def count(self) -> int:
+        """The dalles the figures are per: the livrable's, or those a sampled run read."""
+        return self.dalles if self.measured.get("sampled") else self.size
 
     @property
     def per_second(self) -> float:
         """Dalles per second of wall time."""
-        return self.dalles / self.measured["wall_s"] if self.measured["wall_s"] else 0.0
+        return self.count / self.measured["wall_s"] if self.measured["wall_s"] else 0.0
 
     @property
     def requests_per_dalle(self) -> float | None:
         """Requests per dalle, listing included, as the server counts them."""
-        return self.server["requests"] / self.dalles if self.server.get("requests") is not None else None
+        return self.server["requests"] / self.count if self.server.get("requests") is not None else None
 
     @property
     def kb_per_dalle(self) -> float | None:
         """KiB sent by the server per dalle, headers and listing included."""
-        return self.server["bytes_sent"] / 1024 / self.dalles if self.server else None
+        return self.server["bytes_sent"] / 1024 / self.count if self.server else None
 
     @property
     def cpu_ms_per_dalle(self) -> float:
         """CPU time of the run's processes (not the server's) per dalle."""
-        return 1000 * float(self.measured["cpu_s"]) / self.dalles
+        return 1000 * float(self.measured["cpu_s"]) / self.count
 
 
 @dataclass(slots=True)
@@ -689,7 +694,7 @@ def format_table(rows: list[Row], config: BenchmarkConfig) -> str:
         ref, peer = row.reference, row.peer
         m = row.measured
         lines.append((
-            row.label, f"{row.size:,}" if row.dalles == row.size else f"{row.dalles:,} of {row.size:,}",
+            row.label, f"{row.dalles:,} of {row.size:,}" if row.measured.get("sampled") else f"{row.size:,}",
             _num(m["wall_s"], 2), _num(row.per_second, 0),
             _ratio(row.per_second, ref.per_second) if ref else "-",
             _ratio(row.per_second, peer.per_second) if peer else "-",

@@ -344,8 +344,9 @@ def run_ftp_reference(params: dict[str, Any]) -> dict[str, Any]:
     ftp = ftplib.FTP()
     ftp.connect(host, port, timeout=60)
     ftp.login(FTP_USER, FTP_PASSWORD)
-    files = sorted(_ftp_walk(ftp, f"/{params['folder']}"))[:params.get("limit") or None]
+    listed_files = sorted(_ftp_walk(ftp, f"/{params['folder']}"))
     ftp.quit()
+    files = listed_files[:params.get("limit") or None]
     listed = time.perf_counter()
     dalles = errors = 0
     last_error = ""
@@ -358,7 +359,7 @@ def run_ftp_reference(params: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # noqa: BLE001 - the reference counts what it could not open
             errors += 1
             last_error = str(exc)[:200]
-    return {"dalles": dalles, "errors": errors, "error": last_error,
+    return {"dalles": dalles, "errors": errors, "error": last_error, "sampled": len(files) < len(listed_files),
             "wall_s": time.perf_counter() - started, "list_s": listed - started,
             "cpu_s": _cpu_s(0) - cpu0, "rss_mb": peak_rss_mb(), "read": len(files), "reused": 0}
 
