@@ -34,7 +34,10 @@ def iter_objects(fs: S3FileSystem, bucket: str, prefix: str) -> AsyncIterator[di
 
 async def get_range(fs: S3FileSystem, bucket: str, key: str, start: int, end: int) -> tuple[bytes, str | None]:
     """Bytes [start, end) of an object, and the answer's ``Content-Range`` (None when the server
-    ignored the range and sent the whole object, of which only the bytes asked for are read)."""
+    ignored the range and sent the whole object, of which only the bytes asked for are read).
+
+    Bound: the bytes asked for, and one more to see the answer's end (its connection is then
+    reused)."""
     answer = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}")
     body = answer["Body"]
     try:
@@ -51,6 +54,10 @@ async def get_range(fs: S3FileSystem, bucket: str, key: str, start: int, end: in
             if not chunk:
                 break
             data += chunk
+        if content_range and len(data) == end - start:
+            # Reading the end of the answer gives its connection back to the pool, kept alive;
+            # closing an answer not read to its end closes the connection too.
+            await body.read(1)
         return bytes(data), content_range
     finally:
         body.close()
