@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+_FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+"""Preferred to asyncssh's first choice, ChaCha20-Poly1305, which it runs partly in Python: AES-GCM
+is one call per packet, in hardware, and halves the client's CPU per read."""
+
 _LOST = (asyncssh.DisconnectError, asyncssh.ConnectionLost, ConnectionError, FSTimeoutError)
 """Failures after which the connection is dropped and the next call logs in again."""
 
@@ -124,7 +128,8 @@ class SFTPStorage(Storage):
                     self._fs = RangedSSHFileSystem(
                         address, port=server.port, username=server.username or None, password=server.password,
                         client_keys=[str(server.key_file)] if server.key_file else None, agent_path=None,
-                        config=[], known_hosts=None, connect_timeout=self.policy.timeout_s,
+                        config=[], known_hosts=None, encryption_algs=_encryption_algs(),
+                        connect_timeout=self.policy.timeout_s,
                         login_timeout=self.policy.timeout_s, timeout=self.policy.timeout_s, skip_instance_cache=True)
                 except PermissionError as exc:
                     raise LoginRefused(str(exc)) from exc
@@ -246,6 +251,13 @@ class SFTPStorage(Storage):
             with suppress(OSError, asyncssh.Error, FSTimeoutError):
                 sync(fs.loop, logout, fs, timeout=self.policy.timeout_s)
 
+
+
+def _encryption_algs() -> list[str]:
+    """asyncssh's ciphers, AES-GCM first (`_FAST_CIPHERS`); the server picks the first it has."""
+    defaults = [name.decode() for name in asyncssh.encryption.get_default_encryption_algs()]
+    return [*(name for name in _FAST_CIPHERS if name in defaults),
+            *(name for name in defaults if name not in _FAST_CIPHERS)]
 
 
 class _CoroutineReads:

@@ -189,12 +189,14 @@ def test_sftp_reads_are_in_flight_together_on_one_connection(tmp_path: Path) -> 
         with storage:
             listing = Listing.of(storage.list_files())
             results = read_all(storage, listing, listing.candidates, ScanOptions(concurrency=8))
+            cipher = storage._fs._client.get_extra_info("send_cipher")  # type: ignore[attr-defined]
         requests = [r[:2] for r in server.requests()]
     finally:
         server.stop()
     files = [f"/srv/pcrs/d{n:03d}.tif" for n in range(40)]
     assert [(r.path, r.reason) for r in results] == [(f.rsplit("/", 1)[1], "corrupt") for f in files]  # zeros
     assert [r for r in requests if r[0] == "LOGIN"] == [("LOGIN", "pcrs")]  # one for the listing and every read
+    assert cipher == "aes128-gcm@openssh.com"  # one call per packet in hardware, not ChaCha20 partly in Python
     # Per dalle: OPEN, one READ of its 1,000 bytes, CLOSE; no STAT (the size comes from the listing).
     assert sorted(p for r, p in requests if r == "OPEN") == files
     assert sorted(p for r, p in requests if r == "READ") == [f"{f}@0+1000" for f in files]
