@@ -54,7 +54,7 @@ def previous(sample_livrable: Path, tmp_path: Path, env: dict[str, str]) -> Iter
     good = run_index(str(sample_livrable), out, tmp_path / "good.sqlite", env)
     assert good.code == 0, good.stderr
     files = {p.name: p.read_bytes() for p in out.glob("*") if p.is_file()}  # the files, not their releases
-    assert set(files) == {"dalles.geojson", "livrables.geojson", "report.json", "quality.json"}
+    assert set(files) == {"dalles.geojson", "livrables.geojson", "report.json", "quality.json", "preview.html"}
     yield out, files
 
 
