@@ -20,9 +20,9 @@ stays open while a slow reader consumes the features:
   whether a box is one.
 - ``fingerprint(engine) -> str``: a short hex string that changes whenever a livrable is
   published, moved or unpublished, or a scan succeeds (records and features replaced): an ETag.
-  Two indexed queries, whatever the size of the store.
-- ``last_modified(engine) -> datetime | None``: the latest publication or successful scan, None
-  when the store has none. An unpublish changes the fingerprint but not this time.
+  Three aggregate queries (livrables, scans, storages), whatever the number of dalles.
+- ``last_modified(engine) -> datetime | None``: the latest publication, unpublication or
+  successful scan, None when the store has had none.
 - ``dalle_pages(...)``: the dalles of ``dalle_features`` a page at a time (rings and properties), for
   the columnar formats.
 - ``export_all(engine, out, fmt="geojson") -> dict``: both files written into `out`
@@ -54,7 +54,7 @@ from indexer.projet import Livrable, Projet
 from indexer.publish import OutputSet
 from indexer.store import records
 from indexer.store.engine import aware
-from indexer.store.schema import livrables, scans
+from indexer.store.schema import livrables, scans, storages
 
 log = logging.getLogger(__name__)
 
@@ -176,20 +176,21 @@ def _state(engine: Engine) -> tuple[Any, ...]:
                                         func.max(livrables.c.published_at))).one()
         scanned = conn.execute(select(func.count(), func.max(scans.c.id), func.max(scans.c.finished_at))
                                .where(succeeded)).one()
-    return (*published, *scanned)
+        unpublished = conn.execute(select(func.max(storages.c.unpublished_at))).scalar()
+    return (*published, *scanned, unpublished)
 
 
 def fingerprint(engine: Engine) -> str:
     """A short hex string changing whenever the export's content may have: an ETag."""
-    count, top, published_at, scans_ok, last_scan, finished_at = _state(engine)
-    values = (count, top, aware(published_at), scans_ok, last_scan, aware(finished_at))
+    count, top, published_at, scans_ok, last_scan, finished_at, unpublished_at = _state(engine)
+    values = (count, top, aware(published_at), scans_ok, last_scan, aware(finished_at), aware(unpublished_at))
     return hashlib.sha256(repr(values).encode()).hexdigest()[:32]
 
 
 def last_modified(engine: Engine) -> datetime | None:
-    """The latest publication or successful scan (UTC), None when there is neither."""
-    _, _, published_at, _, _, finished_at = _state(engine)
-    times = [t for t in (aware(published_at), aware(finished_at)) if t is not None]
+    """The latest publication, unpublication or successful scan (UTC), None when there was none."""
+    _, _, published_at, _, _, finished_at, unpublished_at = _state(engine)
+    times = [t for t in (aware(published_at), aware(finished_at), aware(unpublished_at)) if t is not None]
     return max(times) if times else None
 
 

@@ -77,6 +77,7 @@ def unpublish(engine: Engine, projet_id: str, nom: str) -> int | None:
             livrables.c.projet_id == projet_id, livrables.c.nom == nom)).scalar()
         if storage is not None:
             conn.execute(delete(livrables).where(livrables.c.projet_id == projet_id, livrables.c.nom == nom))
+            conn.execute(update(storages).where(storages.c.id == storage).values(unpublished_at=now()))
     return None if storage is None else int(storage)
 
 

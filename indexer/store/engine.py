@@ -22,6 +22,7 @@ from indexer.store.schema import metadata
 
 MIGRATION_LOCK = 0x50435253  # "PCRS"
 ADOPTABLE: tuple[tuple[str, tuple[tuple[str, str | None], ...]], ...] = (
+    ("0005", (("livrables", "id"), ("storages", "secret"), ("storages", "unpublished_at"))),
     ("0004", (("livrables", "id"), ("storages", "secret"))),  # 0004 adds a PostgreSQL index only
     ("0003", (("livrables", "id"), ("storages", "secret"))),
     ("0002", (("livrables", None),)),

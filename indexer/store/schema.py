@@ -56,6 +56,7 @@ storages = Table(
     Column("skipped", Integer, nullable=False, default=0),
     Column("source", Text, comment="the URL workers open, when it has no credential"),
     Column("secret", Text, comment="the URL workers open, when it has credentials: encrypted (Fernet)"),
+    Column("unpublished_at", DateTime(timezone=True), comment="when a livrable stored here was last unpublished"),
 )
 
 scans = Table(
