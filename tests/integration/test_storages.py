@@ -207,7 +207,9 @@ def test_sftp_reads_are_in_flight_together_on_one_connection(tmp_path: Path) -> 
     for request, _ in requests:
         open_now += {"OPEN": 1, "CLOSE": -1}.get(request, 0)
         most = max(most, open_now)
-    assert 4 <= most <= 8  # four reads share a channel before sshfs opens more, all within the window
+    # Four reads share a channel before sshfs opens more; each of the window's 8 reads may hold its
+    # file open, and the file before it whose CLOSE, not waited for, is still to go out: 16 at most.
+    assert 4 <= most <= 16
 
 
 def test_sftp_logs_in_once_for_the_whole_scan(served: Served, tmp_path: Path) -> None:
