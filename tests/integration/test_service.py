@@ -26,7 +26,7 @@ from indexer.store import catalog, queries, schema
 from indexer.store import scans as store_scans
 from indexer.store.engine import create_store
 from tasks.celeryconfig import broker_transport_options
-from tests.servers.servers import Nginx
+from tests.servers.servers import FaultyHTTP, Nginx
 from tests.servers.service_fixtures import (  # noqa: F401 - fixtures
     VENV_BIN,
     CeleryProcess,
@@ -144,6 +144,21 @@ def nginx(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
         server.stop()
 
 
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[Callable[..., FaultyHTTP]]:
+    """Start the fault server on a folder with options; stopped at the end of the test."""
+    started: list[FaultyHTTP] = []
+
+    def start(root: Path, **options: object) -> FaultyHTTP:
+        server = FaultyHTTP(root, tmp_path / f"faulty{len(started)}", **options)  # type: ignore[arg-type]
+        started.append(server)
+        return server.start()
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 def throttled(rate: int, per: str = "s") -> str:
     """nginx directives delaying requests beyond `rate` per second (or per minute, `per="m"`), none refused."""
     return f"limit_req_zone $server_port zone=slow:1m rate={rate}r/{per}; limit_req zone=slow burst=100000;"
@@ -154,10 +169,11 @@ def test_publish_gives_the_outputs_of_index(service: Service, engine: Engine, sa
     server = nginx(sample_livrable)
     url = server.url + "/"
     projet = projet_file(tmp_path, url)
-    reference = index_with_cli(url, projet, tmp_path / "cli", tmp_path / "cli.sqlite")
     service.configure(chunk_size=4)
-    service.worker()
+    worker = service.worker(wait=False)  # it starts while the reference is made
+    reference = index_with_cli(url, projet, tmp_path / "cli", tmp_path / "cli.sqlite")
     published = service.cli_json("publish", str(projet))
+    worker.wait_ready()
     assert published == {"queued": [{"storage": 1, "scan": 1, "url": url, "livrable": "Ortho 2025"}], "refused": [],
                          "skipped": []}
     done = wait_scan(engine)
@@ -214,8 +230,9 @@ def test_a_worker_killed_mid_scan(service: Service, engine: Engine, big_livrable
     server = nginx(big_livrable, throttled(150))
     # The defaults a deployment has: no watchdog run, only the workers' own recovery.
     service.configure(visibility_timeout_s=30, broker_restore_every_s=5, host_lease_s=10)
-    first = service.worker()
+    first = service.worker(wait=False)
     service.cli("publish", str(projet_file(tmp_path, server.url + "/")))
+    first.wait_ready()
     wait_until(lambda: progress(engine).chunks_done >= 3, 60, "three chunks stored")
     first.kill()
     # As if it died sweeping for messages to give back: the sweep's lock left behind, with the
@@ -244,9 +261,10 @@ def test_redis_restarted_mid_scan(service: Service, engine: Engine, big_livrable
     server = nginx(big_livrable, throttled(150))
     # The defaults a deployment has, and no beat: the workers recover on their own.
     service.configure(visibility_timeout_s=30, broker_restore_every_s=5, host_lease_s=10)
-    service.worker()
-    service.worker()
+    workers = [service.worker(wait=False), service.worker(wait=False)]
     service.cli("publish", str(projet_file(tmp_path, server.url + "/")))
+    for worker in workers:
+        worker.wait_ready()
     wait_until(lambda: progress(engine).chunks_done >= 3, 60, "three chunks stored")
     service.redis.restart(down_s=1.0)
     back = time.monotonic()
@@ -269,10 +287,13 @@ def flat_livrable(root: Path, count: int) -> Path:
     return root
 
 
-def test_requeue_and_status(service: Service, engine: Engine, nginx: Callable[..., Nginx], tmp_path: Path) -> None:
-    server = nginx(flat_livrable(tmp_path / "flat", 10), throttled(30, "m"))  # 20 s of reading, even under load
+def test_requeue_and_status(service: Service, engine: Engine, faulty: Callable[..., FaultyHTTP],
+                            tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.touch()  # every dalle waits for its answer until the test lets the scan end, however loaded the machine
+    server = faulty(flat_livrable(tmp_path / "flat", 10), hold_while=hold)
     url = server.url + "/"
-    service.configure(chunk_size=3)
+    service.configure(chunk_size=3, timeout_s=300)
     service.cli("publish", str(projet_file(tmp_path, url)))
     refused = service.cli("requeue", "1", check=False)  # queued, no worker yet
     assert refused.returncode == 5
@@ -286,6 +307,7 @@ def test_requeue_and_status(service: Service, engine: Engine, nginx: Callable[..
             assert service.cli_json("requeue", "--all") == {"queued": [], "refused": [
                 "storage 1 is already being scanned (scan 1): wait for it to end, see `pcrs-indexer status`"]}
             assert progress(engine).step == "reading"
+            hold.unlink()
             out, err = watch.communicate(timeout=120)
         finally:
             watch.kill()
@@ -340,8 +362,8 @@ def test_the_host_connection_cap_holds_across_the_fleet(service: Service, engine
     server = nginx(root, throttled(20) + " log_format timed '$msec $request_time $connection $status';"
                    f" access_log {timed} timed;")  # connections kept alive between requests
     service.configure(host_connection_cap=2, concurrency=8, chunk_size=6)
-    service.worker()
-    service.worker()
+    for worker in [service.worker(wait=False), service.worker(wait=False)]:
+        worker.wait_ready()
     seen: list[int] = []
     stop = threading.Event()
 
@@ -375,8 +397,9 @@ def test_the_host_connection_cap_holds_across_the_fleet(service: Service, engine
 def test_beat_requeues_due_storages_and_stalled_scans(service: Service, engine: Engine, sample_livrable: Path,
                                                       tmp_path: Path) -> None:
     service.configure(reindex_every=3, reindex_check_every_s=1, watchdog_every_s=1, stale_after=2)
+    worker = service.worker(wait=False)
     projet = projet_file(tmp_path, str(sample_livrable))
-    service.cli("publish", str(projet))  # no worker yet: the scan waits in the queue
+    service.cli("publish", str(projet))
     # A scan claimed in the store whose message was lost (sent to a broker that forgot it).
     other = tmp_path / "other"
     write_dalle(other / "a.tif", (700000.0, 6600200.0), pixels=16, resolution_m=12.5)
@@ -386,8 +409,8 @@ def test_beat_requeues_due_storages_and_stalled_scans(service: Service, engine: 
     # A scan of `pcrs-indexer index` that died: no worker can resume it.
     cli_storage = catalog.storage_id(engine, "file:///nowhere")
     dead = store_scans.start_scan(engine, cli_storage)
-    service.worker()
-    beat = service.beat()
+    beat = service.beat()  # once every storage of the test is in the store
+    worker.wait_ready()
     wait_scan(engine, 1, scan=1)
     resumed = wait_scan(engine, lost_storage, scan=lost)
     assert (resumed.trigger, resumed.read) == ("requeue", 1)
@@ -406,8 +429,9 @@ def test_a_failing_storage_keeps_its_last_good_files(service: Service, engine: E
     server = nginx(sample_livrable)
     url = server.url + "/"
     service.configure(retries=0, task_max_retries=2)
-    service.worker()
+    worker = service.worker(wait=False)
     service.cli("publish", str(projet_file(tmp_path, url)))
+    worker.wait_ready()
     wait_scan(engine)
     out = service.output_dir / "1"
     before = {name: (out / name).read_bytes() for name in ("dalles.geojson", "livrables.geojson", "report.json")}
@@ -427,8 +451,9 @@ def test_a_failing_storage_keeps_its_last_good_files(service: Service, engine: E
 
 def test_export_streams_every_published_livrable(service: Service, engine: Engine, sample_livrable: Path,
                                                  big_livrable: Path, tmp_path: Path) -> None:
-    service.worker()
+    worker = service.worker(wait=False)
     service.cli("publish", str(projet_file(tmp_path, str(sample_livrable), "Ortho 2025")))
+    worker.wait_ready()
     # Another service sends the documented task by name, with the projet document as JSON.
     client = Celery(broker=service.redis.url, backend=service.redis.url)
     try:

@@ -95,6 +95,8 @@ def retries_of(worker: CeleryProcess, scan: int) -> int:
 
 def test_permanent_failures_fail_at_once_transient_ones_after_the_retries(
         service: Service, engine: Engine, served: Path, servers: Callable[[Any], Any], tmp_path: Path) -> None:
+    service.configure(retries=0, task_max_retries=4, timeout_s=5, secret_key=secrets.new_key())
+    worker = service.worker(concurrency=2, wait=False)  # it starts with the servers
     nginx = servers(Nginx(served, tmp_path / "nginx"))
     ftp = servers(ProFTPD(served, tmp_path / "ftp", password="ftp-Pass-1"))
     sshd = servers(SSHD(tmp_path / "sshd", password="sftp-Pass-1"))
@@ -106,9 +108,8 @@ def test_permanent_failures_fail_at_once_transient_ones_after_the_retries(
         "sftp login": f"sftp://{SFTP_USER}:wrong-Pass@{sshd.host}{served / 'livrable'}",
         "refused": f"http://127.0.0.1:{closed}/livrable/",
     }
-    service.configure(retries=0, task_max_retries=4, timeout_s=5, secret_key=secrets.new_key())
-    worker = service.worker(concurrency=2)
     queued = service.cli_json("publish", str(projet_of(tmp_path, urls)))["queued"]
+    worker.wait_ready()
     assert [q["livrable"] for q in queued] == list(urls)
     ended = {q["livrable"]: wait_scan(engine, q["storage"], scan=q["scan"], status="failed", timeout=90)
              for q in queued}
@@ -124,9 +125,13 @@ def test_permanent_failures_fail_at_once_transient_ones_after_the_retries(
     retried = {q["livrable"]: retries_of(worker, q["scan"]) for q in queued}
     assert retried == {"http 404": 0, "ftp login": 0, "ftps on plain ftp": 0, "sftp login": 0, "refused": 4}
     rows = {row["id"]: row for row in map(json.loads, service.cli("storages", "--json").stdout.splitlines())}
-    for q in queued:
+    statuses = [subprocess.Popen([str(VENV_BIN / "pcrs-indexer"), "status", str(q["storage"])], env=service.env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for q in queued]
+    for q, status in zip(queued, statuses, strict=True):  # the commands run side by side
         assert (rows[q["storage"]]["status"], rows[q["storage"]]["last_error"]) == ("failed", errors[q["livrable"]])
-        assert service.cli("status", str(q["storage"])).stdout.endswith(f"error: {errors[q['livrable']]}\n")
+        out, err = status.communicate(timeout=120)
+        assert status.returncode == 0, err
+        assert out.endswith(f"error: {errors[q['livrable']]}\n")
     requeued = service.cli_json("requeue", "--failed")
     assert sorted(q["storage"] for q in requeued["queued"]) == sorted(q["storage"] for q in queued)
 
@@ -137,8 +142,9 @@ def test_a_storage_down_halfway_fails_the_scan_and_keeps_the_last_good_result(
     server = servers(FaultyHTTP(served, tmp_path / "faulty", down_while=switch))
     url = server.url + "/livrable/"
     service.configure(retries=0, task_max_retries=1, chunk_size=50)
-    service.worker()
+    worker = service.worker(wait=False)
     service.cli("publish", str(projet_file(tmp_path, url)))
+    worker.wait_ready()
     good = wait_scan(engine)
     out = service.output_dir / "1"
     before = {name: (out / name).read_bytes() for name in OUTPUTS}
@@ -214,8 +220,10 @@ def test_a_killed_index_leaves_no_scan_running_forever(service: Service, engine:
     try:
         wait_until(lambda: catalog_has(engine) and progress(engine).step == "reading", 60, "index to read")
         # One scan of a storage at a time, whoever runs it: the fleet and another index are refused.
-        assert service.cli("requeue", "1", check=False).returncode == 5
-        second = index_cli(url, "--out", str(tmp_path / "out2"), "--db", service.db_url, env=service.env)
+        with subprocess.Popen([str(VENV_BIN / "pcrs-indexer"), "requeue", "1"], env=service.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as requeue:  # beside the index
+            second = index_cli(url, "--out", str(tmp_path / "out2"), "--db", service.db_url, env=service.env)
+            assert requeue.wait(120) == 5
         assert (second.returncode, second.stderr) == (5, f"pcrs-indexer: error: {url} is already being scanned "
                                                          "(storage 1): wait for it to end, see `pcrs-indexer status`\n")
         first_beat = progress(engine).heartbeat_at  # renewed while index runs, though it reads for longer
@@ -251,6 +259,7 @@ def catalog_has(engine: Engine) -> bool:
 def test_no_broker_queues_nothing(service: Service, engine: Engine, sample_livrable: Path, tmp_path: Path) -> None:
     projet = projet_file(tmp_path, str(sample_livrable))
     broker = service.env["PCRS_INDEXER_BROKER_URL"]
+    worker = service.worker(wait=False)  # on the broker the commands cannot reach until it is back
     service.configure(broker_url=f"redis://127.0.0.1:{free_port()}/0")
     started = time.monotonic()
     refused = service.cli("publish", str(projet), check=False)
@@ -265,7 +274,7 @@ def test_no_broker_queues_nothing(service: Service, engine: Engine, sample_livra
     requeued = service.cli("requeue", "1", check=False)
     assert (requeued.returncode, requeued.stderr.endswith("): scan 2 not queued\n")) == (1, True)
     service.configure(broker_url=broker)  # the broker is back: nothing stands in the way
-    service.worker()
+    worker.wait_ready()
     assert service.cli_json("requeue", "1")["queued"] == [{"storage": 1, "scan": 3}]
     wait_scan(engine, scan=3)
 
@@ -301,12 +310,17 @@ def test_the_fleet_keeps_what_the_first_read_learned_as_index_does(
     server = servers(PythonHTTP(served, tmp_path / "pyhttp"))  # a bare list of links: no size, no date
     url = server.url + "/livrable/"
     service.configure(chunk_size=5)
-    service.worker()
-    service.cli("publish", str(projet_file(tmp_path, url)))
-    wait_scan(engine)
+    worker = service.worker(wait=False)
     env = {k: v for k, v in service.env.items() if k != "PCRS_INDEXER_DB_URL"}
     db = f"sqlite:///{tmp_path / 'index.sqlite'}"
-    assert index_cli(url, "--out", str(tmp_path / "out"), "--db", db, env=env).returncode == 0
+    with subprocess.Popen([str(VENV_BIN / "pcrs-indexer"), "index", url, "--out", str(tmp_path / "out"), "--db", db,
+                           "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True) as index:  # beside the fleet's scan
+        service.cli("publish", str(projet_file(tmp_path, url)))
+        worker.wait_ready()
+        wait_scan(engine)
+        _, err = index.communicate(timeout=120)
+    assert index.returncode == 0, err
     reference = create_store(db)
     try:
         expected = records_of(reference, 1)
@@ -326,10 +340,12 @@ def test_control_tasks_run_while_every_reader_is_stuck(service: Service, engine:
     # The dalles of one lot never answer: the chunk reading them holds its worker's only process.
     server = servers(FaultyHTTP(served, tmp_path / "faulty", stall="/livrable/lot%201/P"))
     service.configure(timeout_s=600, retries=0, chunk_size=50, watchdog_every_s=1)
-    reader = service.worker(queues="pcrs")
-    control = service.worker(queues="pcrs.control")
+    reader = service.worker(queues="pcrs", wait=False)
+    control = service.worker(queues="pcrs.control", wait=False)
     service.beat()
     service.cli("publish", str(projet_file(tmp_path, server.url + "/livrable/")))
+    reader.wait_ready()
+    control.wait_ready()
     wait_until(lambda: progress(engine).step == "reading", 60, "the scan to read")
 
     def watchdog_runs() -> int:
@@ -378,8 +394,9 @@ def test_a_storage_that_stops_answering_frees_the_worker_for_the_others(
     alive = servers(FaultyHTTP(flat_livrable(tmp_path / "alive", 6), tmp_path / "alive-server"))
     service.configure(timeout_s=1, retries=0, concurrency=2, chunk_size=50, max_failures_in_a_row=3,
                       task_max_retries=1, task_retry_backoff_s=5)
-    service.worker()
+    worker = service.worker(wait=False)
     service.cli("publish", str(projet_file(tmp_path, dead.url + "/", "Mort")))
+    worker.wait_ready()
     wait_until(lambda: progress(engine, 1).step == "reading", 60, "the dead storage's scan to read")
     published = time.monotonic()
     service.cli("publish", str(projet_file(tmp_path, alive.url + "/", "Vivant")))

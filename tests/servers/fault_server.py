@@ -2,7 +2,7 @@
 
     python tests/fault_server.py ROOT PORT --log FILE [--fail-first N] [--stall PREFIX] [--redirect URL]
                                  [--redirect-status N] [--silent] [--hostile MODE] [--host ADDRESS]
-                                 [--down-while FILE]
+                                 [--down-while FILE] [--hold-while FILE]
 
 It serves ROOT like ``python -m http.server`` (a bare list of links), except that:
 
@@ -14,6 +14,8 @@ It serves ROOT like ``python -m http.server`` (a bare list of links), except tha
   but ROOT's files and their nginx-style listings).
 - ``--down-while FILE``: while FILE exists, every file (not folder) whose path starts with what FILE
   holds (every file when it is empty) gets ``503 Service Unavailable``: a storage failing halfway.
+- ``--hold-while FILE``: while FILE exists (at most `HOLD_MAX_S`), every file (not folder) waits
+  for its answer: a test holds a scan in its reading step as long as it needs, then lets it end.
 
 Every request is logged as ``method|path|status|0|`` to FILE, 0 as the status of a stalled one.
 """
@@ -33,6 +35,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+HOLD_MAX_S = 300.0
+"""Longest a request waits for `--hold-while` to be lifted."""
+
 
 class FaultyHandler(SimpleHTTPRequestHandler):
     """Serves files and listings, failing as the command line asks."""
@@ -43,6 +48,7 @@ class FaultyHandler(SimpleHTTPRequestHandler):
     redirect_status = 302
     hostile: str | None = None
     down_while: Path | None = None
+    hold_while: Path | None = None
     log_path: Path
     seen: Counter[str] = Counter()
     lock = threading.Lock()
@@ -55,6 +61,7 @@ class FaultyHandler(SimpleHTTPRequestHandler):
         with self.lock:
             self.seen[self.path] += 1
             count = self.seen[self.path]
+        self._hold()
         if self.stall is not None and self.path.startswith(self.stall):
             self._record(0)
             time.sleep(3600)
@@ -73,6 +80,13 @@ class FaultyHandler(SimpleHTTPRequestHandler):
             self.end_headers()
             return True
         return False
+
+    def _hold(self) -> None:
+        if self.hold_while is None or self.path.endswith("/"):
+            return
+        deadline = time.monotonic() + HOLD_MAX_S
+        while self.hold_while.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def _down(self) -> bool:
         if self.down_while is None or self.path.endswith("/"):
@@ -319,6 +333,7 @@ def main() -> None:
     parser.add_argument("--hostile", choices=sorted(HOSTILE))
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--down-while", type=Path)
+    parser.add_argument("--hold-while", type=Path)
     args = parser.parse_args()
     args.log.touch()
     if args.silent:
@@ -330,6 +345,7 @@ def main() -> None:
     FaultyHandler.redirect_status = args.redirect_status
     FaultyHandler.hostile = args.hostile
     FaultyHandler.down_while = args.down_while
+    FaultyHandler.hold_while = args.hold_while
     FaultyHandler.log_path = args.log
     server = ThreadingHTTPServer((args.host, args.port), partial(FaultyHandler, directory=str(args.root)))
     server.daemon_threads = True

@@ -357,11 +357,14 @@ class FaultyHTTP(_HTTPProcess):
 
     def __init__(self, root: Path, workdir: Path, *, fail_first: int = 0, stall: str | None = None,
                  redirect: str | None = None, redirect_status: int = 302, silent: bool = False,
-                 hostile: str | None = None, down_while: Path | None = None) -> None:
+                 hostile: str | None = None, down_while: Path | None = None,
+                 hold_while: Path | None = None) -> None:
         super().__init__(root, workdir, "requests.log")
         self.options = ["--fail-first", str(fail_first), "--redirect-status", str(redirect_status)]
         if down_while is not None:
             self.options += ["--down-while", str(down_while)]
+        if hold_while is not None:
+            self.options += ["--hold-while", str(hold_while)]
         if stall is not None:
             self.options += ["--stall", stall]
         if redirect is not None:
