@@ -10,7 +10,7 @@ own process (idle while a child run measures):
 - SFTP: OpenSSH's ``internal-sftp``, logging in with a key (the system user's password is
   shared). Its requests are not counted (a forced internal-sftp session
   logs none); bytes, what the line carried.
-- S3: moto's server, the livrable uploaded into a public bucket. Requests are what moto logged.
+- S3: `s3_server` serving the livrables folder as one bucket, keep-alive. Requests are what it counted.
 
 The references read as the current PCRS scanner does: FTP, one dalle at a time, GDAL reading
 through 16 KiB blocks (as ``/vsicurl/`` does), each block through a fresh login (connect, USER,
@@ -163,49 +163,42 @@ class SFTPStorage:
 
 
 class S3Storage:
-    """moto's S3 server with each livrable in a public bucket, behind the delay line."""
+    """The livrables folder served as one bucket by `s3_server` (a child process), behind the delay line.
+
+    Not moto: its server answers about a hundred ranged GETs a second and closes every connection
+    after one answer, so the row measured moto rather than the clients."""
 
     name = "s3"
 
     def __init__(self, livrables: Path, workdir: Path, lines: LineThread, latency_s: float) -> None:
-        from tests.servers.servers import MotoS3
+        import subprocess
+        import sys
 
-        self.livrables = livrables
-        self.server = MotoS3(workdir).start()
-        self.line = lines.add(("127.0.0.1", self.server.port), latency_s)
-        self.log = _LogCount(self.server.stderr)
-        self.uploaded: set[int] = set()
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = open(workdir / "s3-server.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([sys.executable, "-m", "tests.benchmarks.s3_server", str(livrables), BUCKET],
+                                        stdout=subprocess.PIPE, stderr=self.log, text=True)
+        assert self.process.stdout is not None
+        self.port = int(self.process.stdout.readline() or 0)
+        if not self.port:
+            raise RuntimeError(f"the S3 server did not start (see {workdir / 's3-server.log'})")
+        self.line = lines.add(("127.0.0.1", self.port), latency_s)
 
     @property
     def endpoint(self) -> str:
         """The endpoint across the line: ``127.0.0.1:port``."""
         return f"127.0.0.1:{self.line.port}"
 
+    def _control(self, path: str, method: str = "POST") -> bytes:
+        import urllib.request
+
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return bytes(answer.read())
+
     def upload(self, size: int) -> None:
-        """Put the livrable of `size` dalles into the bucket (straight to moto, not across the line)."""
-        if size in self.uploaded:
-            return
-        import boto3
-        from botocore.config import Config
-
-        client = boto3.client("s3", endpoint_url=self.server.url, region_name="us-east-1",
-                              aws_access_key_id="moto-key", aws_secret_access_key="moto-secret",
-                              config=Config(max_pool_connections=16))
-        if not self.uploaded:
-            client.create_bucket(Bucket=BUCKET)
-            client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Sid": "PublicRead", "Effect": "Allow", "Principal": "*",
-                               "Action": ["s3:GetObject", "s3:ListBucket"],
-                               "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]}]}))
-        folder = self.livrables / f"livrable-{size}"
-        paths = sorted(p for p in folder.rglob("*") if p.is_file())
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda p: client.put_object(Bucket=BUCKET, Key=f"livrable-{size}/{p.relative_to(folder)}",
-                                                      Body=p.read_bytes()), paths))
-        self.uploaded.add(size)
+        """The server indexes the livrables folder again (its files are served in place)."""
+        self._control("/__refresh")
 
     def url(self, size: int) -> str:
         """Our scan's URL of a livrable."""
@@ -213,22 +206,22 @@ class S3Storage:
 
     def reset(self) -> None:
         """Counters to zero."""
-        self.log.reset()
+        self._control("/__reset")
         _reset_line(self.line.counters)
 
     def stats(self) -> dict[str, Any]:
-        """Requests moto logged, and bytes, since the reset."""
-        from tests.servers.servers import _ANSI
-
-        lines = [_ANSI.sub("", line) for line in self.log.lines()]
-        lines = [line for line in lines if re.search(r'HTTP/[\d.]+" \d{3}', line)]
-        return {"requests": len(lines),
-                "raster_requests": sum(1 for line in lines if re.search(r'"(GET|HEAD) /[^ ?]+\.(tif|jp2)', line)),
+        """Requests the server counted, and bytes the line carried, since the reset."""
+        counted = json.loads(self._control("/__counters", "GET"))
+        return {"requests": counted["requests"], "raster_requests": counted["raster_requests"],
                 "bytes_sent": self.line.counters.bytes_down, "line": self.line.counters.as_dict()}
 
     def stop(self) -> None:
         """Stop the server."""
-        self.server.stop()
+        self.process.terminate()
+        self.process.wait(10)
+        if self.process.stdout:
+            self.process.stdout.close()
+        self.log.close()
 
 
 # --------------------------------------------------------------------------------------------
