@@ -12,6 +12,7 @@ from hypothesis import settings
 from sqlalchemy import Engine
 
 from indexer.sample import SampleSpec, make_sample_livrable, write_dalle
+from indexer.storages import access
 from indexer.store.engine import create_store
 from tests.servers.servers import Nginx
 
@@ -50,6 +51,13 @@ def sample_livrable(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def livrable_copy(sample_livrable: Path, tmp_path: Path) -> Path:
     """A private copy of the sample livrable that a test may change."""
     return Path(shutil.copytree(sample_livrable, tmp_path / "livrable"))
+
+
+@pytest.fixture
+def no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process's secrets forgotten for the test (others' short ones, e.g. moto's ``key``, would be scrubbed too)."""
+    monkeypatch.setattr(access, "_known", {})
+    monkeypatch.setattr(access, "_secrets", ())
 
 
 @pytest.fixture

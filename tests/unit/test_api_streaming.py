@@ -97,6 +97,7 @@ def test_records_are_read_a_page_a_query(engine: Engine, tmp_path: Path) -> None
     assert sum("FROM records" in q for q in queries) == 3
 
 
+@pytest.mark.usefixtures("no_secrets")
 def test_a_storage_whose_sealed_credentials_the_server_cannot_open_is_503(engine: Engine, tmp_path: Path) -> None:
     source = "ftp://pcrs:ftp-Secret-Pass-77@ftp.example.test/livrable"
     storage = catalog.storage_id(engine, "ftp://pcrs:***@ftp.example.test/livrable")

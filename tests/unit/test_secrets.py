@@ -13,19 +13,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from indexer.errors import InvalidSource
-from indexer.storages import access, open_storage
+from indexer.storages import open_storage
 from indexer.storages.access import Failure, ScrubFilter, keep_secret, mask_url, parse_location, scrub
 from indexer.storages.ftp import FTPStorage
 from indexer.storages.http import HTTPListingStorage
 from indexer.storages.sftp import SFTPStorage
-
-
-@pytest.fixture
-def no_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The process's secrets forgotten for the test (others' short ones would be scrubbed too)."""
-    monkeypatch.setattr(access, "_known", {})
-    monkeypatch.setattr(access, "_secrets", ())
-
 
 HOSTS = st.one_of(
     st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,10}){0,3}", fullmatch=True),
