@@ -15,7 +15,7 @@ demo: venv
 
 ## Set up (Python packages, and the Debian servers the tests run against), lint, and run every test.
 test: venv servers lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 ## The unit lane only: no server, a few seconds.
 test-fast: venv
