@@ -212,7 +212,8 @@ def export_all(engine: Engine, out: Path, fmt: str = "geojson", *, page: int = D
     with OutputSet(out) as files:
         if fmt == "geojson":
             with files.open("dalles.geojson") as f:
-                dalles = geojson.write_feature_collection(f, dalle_features(engine, page=page))
+                pages = dalle_pages(engine, page=page)
+                dalles = geojson.write_texts(f, (text for p in pages for text in geojson.page_texts(p)))
             with files.open("livrables.geojson") as f:
                 count = geojson.write_feature_collection(f, livrable_features(engine))
         else:

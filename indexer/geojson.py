@@ -16,6 +16,7 @@ from datetime import date
 from typing import IO, Any
 
 import numpy as np
+import orjson
 import shapely
 from shapely.geometry import mapping
 from shapely.geometry.base import BaseGeometry
@@ -94,29 +95,37 @@ def dalle_rings(dalles: list[Dalle], corners: np.ndarray | None = None) -> np.nd
 
 
 def dalle_properties(dalle: Dalle, projet: Projet | None, livrable: Livrable | None) -> dict[str, Any]:
-    """The properties of a dalle feature, in the order of the PCRS API."""
-    values = {
+    """The properties of a dalle feature, in the order of the PCRS API (`DALLE_PROPERTIES`)."""
+    (properties,) = _properties([dalle], projet, livrable)
+    return properties
+
+
+def _properties(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None) -> list[dict[str, Any]]:
+    """`dalle_properties` of each dalle, the livrable's values looked up once."""
+    id_pcrs = projet.id if projet else None
+    licence = livrable.licence if livrable else None
+    focale = _number(livrable.focale) if livrable else None
+    return [{
         "dateAcquisition": None,
         "dateRecette": None,
         "descriptionElementsQualite": None,
-        "idPCRS": projet.id if projet else None,
+        "idPCRS": id_pcrs,
         "nomImage": dalle.name,
         "precisionplanimetriqueCorpsdeRue": None,
         "precisionplanimetriqueZonesNaturelles": None,
         "resolution": _number(dalle.resolution_cm),
         "typeImage": dalle.mime,
         "producteur": None,
-        "licence": livrable.licence if livrable else None,
+        "licence": licence,
         "tailleFichier": dalle.size,
         "tailleImage": f"{dalle.height}x{dalle.width}",
         "compression": dalle.compression,
         "epsg": epsg_label(dalle.epsg),
         "bandes": "/".join(dalle.bands),
         "open": dalle.open,
-        "focale": _number(livrable.focale) if livrable else None,
+        "focale": focale,
         "chemin": dalle.path,
-    }
-    return {name: values[name] for name in DALLE_PROPERTIES}
+    } for dalle in dalles]
 
 
 def _common(values: Iterable[Any]) -> Any:
@@ -181,14 +190,70 @@ infinities raise rather than write what is not JSON."""
 
 def write_feature_collection(f: IO[str], features: Iterable[dict[str, Any]]) -> int:
     """Stream features into an open file as one FeatureCollection; returns how many."""
+    return write_texts(f, (_COMPACT.encode(feature) for feature in features))
+
+
+def write_texts(f: IO[str], texts: Iterable[str]) -> int:
+    """Stream features already encoded (`_COMPACT`'s text) into an open file as one
+    FeatureCollection; returns how many."""
     f.write('{"type":"FeatureCollection","features":[')
     count = 0
-    for feature in features:
+    for text in texts:
         f.write(",\n" if count else "\n")
-        f.write(_COMPACT.encode(feature))
+        f.write(text)
         count += 1
     f.write("\n]}\n")
     return count
+
+
+def _fast_float(value: Any) -> bool:
+    """Whether orjson writes this number as `_COMPACT` does: it does not for non-finite floats
+    (null instead of an error) nor for those below 1e-4 but zero (``1e-7``, not ``1e-07``)."""
+    return not isinstance(value, float) or value == 0.0 or (math.isfinite(value) and abs(value) >= 1e-4)
+
+
+def _fast_rings(rings: np.ndarray) -> np.ndarray:
+    """Whether orjson writes each ring's coordinates as `_COMPACT` does (`_fast_float`)."""
+    magnitude = np.abs(rings)
+    with np.errstate(invalid="ignore"):
+        fast = np.isfinite(rings) & ((rings == 0.0) | (magnitude >= 1e-4))
+    result: np.ndarray = fast.all(axis=(1, 2))
+    return result
+
+
+def feature_text(feature: dict[str, Any], fast: bool = True) -> str:
+    """`_COMPACT.encode(feature)`, byte for byte, through orjson when `fast`: the caller vouches
+    that the feature's floats are `_fast_float`; orjson refusing a value (an integer beyond 64
+    bits, a lone surrogate) falls back to `_COMPACT`, which raises where it must."""
+    if fast:
+        try:
+            return orjson.dumps(feature, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+        except orjson.JSONEncodeError:
+            pass
+    return _COMPACT.encode(_plain(feature))
+
+
+def _plain(value: Any) -> Any:
+    """A feature with its numpy arrays (a ring of `page_texts`) as lists."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def page_texts(page: DallePage) -> Iterator[str]:
+    """The features of `page_features` encoded as `_COMPACT` encodes them (`feature_text`): the
+    rings go to orjson as arrays (it writes a float64 as a float)."""
+    rings = np.ascontiguousarray(page.rings, dtype=np.float64)
+    fast_rings = _fast_rings(rings).tolist()
+    for ring, properties, fast in zip(rings, page.properties, fast_rings, strict=True):
+        feature = {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                   "properties": properties}
+        yield feature_text(feature, fast and _fast_float(properties["resolution"])
+                           and _fast_float(properties["focale"]))
 
 
 BBox = tuple[float, float, float, float]
@@ -266,7 +331,7 @@ def _page(dalles: list[Dalle], projet: Projet | None, livrable: Livrable | None,
         dalles, rings = [d for d, ok in zip(dalles, kept, strict=True) if ok], rings[kept]
     if not dalles:
         return None
-    return DallePage(rings, [dalle_properties(d, projet, livrable) for d in dalles])
+    return DallePage(rings, _properties(dalles, projet, livrable))
 
 
 def livrable_feature(dalles: list[Dalle], emprise: BaseGeometry | None, projet: Projet | None,

@@ -10,6 +10,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Engine, Row, Select, Text, and_, cast, exists, or_, select, union_all
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -77,8 +78,22 @@ def dalles_after(engine: Engine, storage: int, after: str | None, limit: int) ->
         if after is not None:
             query = query.where(path > after)
         rows = conn.execute(query.order_by(path).limit(limit)).all()
-    return [_dalle(FileEntry(p, size, mtime, etag), json.loads(meta), wkts[crs])
+    return [_dalle(FileEntry(p, size, mtime, etag), _meta(meta), wkts[crs])
             for p, size, mtime, etag, crs, meta in rows]
+
+
+def _meta(text: str) -> Any:
+    """A record's metadata decoded as `json.loads` decodes it, through orjson (a quarter of the
+    time) unless orjson refuses the text (``NaN``, ``1e400``, a lone surrogate) or may have read
+    it otherwise: it reads an integer beyond 64 bits as a float, which it then writes with an
+    exponent (``1.2345678901234568e+29``: every float of 1e16 or more)."""
+    try:
+        meta = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+    if b"e+" in orjson.dumps(meta):
+        return json.loads(text)
+    return meta
 
 
 def records_after(engine: Engine, storage: int, after: str | None, limit: int) -> list[Record]:
