@@ -58,9 +58,19 @@ def record_row(result: Record, crs: dict[str, int]) -> dict[str, Any]:
 
 def load_records(engine: Engine, storage: int) -> Iterator[Record]:
     """The records of a storage's last successful scan, streamed."""
+    r = records
     with engine.connect() as conn:
-        yield from stream(conn, select(records).where(records.c.storage_id == storage)
-                           .order_by(by_path(conn, records.c.path)))
+        wkts = {row.id: row.wkt for row in conn.execute(select(crs_table))}
+        # Plain columns, the metadata as text decoded here: the JSON type costs a third of the load.
+        query = select(r.c.path, r.c.size, r.c.mtime, r.c.etag, r.c.status, r.c.reason, r.c.detail, r.c.crs_id,
+                       cast(r.c.meta, Text)).where(r.c.storage_id == storage).order_by(by_path(conn, r.c.path))
+        for rows in conn.execution_options(yield_per=5000).execute(query).partitions():
+            for path, size, mtime, etag, status, reason, detail, crs, meta in rows:
+                file = FileEntry(path, size, mtime, etag)
+                if status == VALID:
+                    yield _dalle(file, _meta(meta), wkts[crs])
+                else:
+                    yield DalleProblem(file, SkipReason(reason), detail or "")
 
 
 def dalles_after(engine: Engine, storage: int, after: str | None, limit: int) -> list[Dalle]:
