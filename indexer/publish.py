@@ -7,10 +7,15 @@ whole store's with it).
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
+import marshal
 import os
 import shutil
+import stat
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -98,28 +103,62 @@ def publish_outputs(out: Path, result: ScanResult, projet: Projet | None, livrab
     started = time.perf_counter()
     quality = assess([*dalles, *result.problems], placed=True)
     quality_s = time.perf_counter() - started
+    digest = _dalles_digest(dalles)
     with OutputSet(out) as files:
-        with files.open("dalles.geojson") as f:
-            write_feature_collection(f, dalle_features(dalles, projet, livrable))
+        if not files.reuse("dalles.geojson", _key(digest, repr(projet), repr(livrable))):
+            with files.open("dalles.geojson") as f:
+                write_feature_collection(f, dalle_features(dalles, projet, livrable))
         with files.open("livrables.geojson") as f:
             write_feature_collection(f, [feature])
         with files.open("report.json") as f:
             json.dump(report(result, private=livrable is not None and livrable.stockage_public is False), f,
                       ensure_ascii=False, indent=2, allow_nan=False)
             f.write("\n")
-        with files.open("quality.json") as f:
-            json.dump(quality.to_dict(), f, ensure_ascii=False, indent=2, allow_nan=False)
-            f.write("\n")
+        if not files.reuse("quality.json", _key(digest, *map(repr, result.problems))):
+            with files.open("quality.json") as f:
+                json.dump(quality.to_dict(), f, ensure_ascii=False, indent=2, allow_nan=False)
+                f.write("\n")
     paths = {"dalles": out / "dalles.geojson", "livrables": out / "livrables.geojson",
              "report": out / "report.json", "quality": out / "quality.json"}
     return Publication(result, paths, emprise, feature, emprise_s, quality, quality_s,
                        [livrable_feature(dalles, emprise, p, liv, today) for p, liv in others])
 
 
+@functools.cache
+def _code_digest() -> str:
+    """The code writing the files: a file reused from the previous release was written by the same."""
+    import pyproj
+
+    from indexer import emprise, geojson, models, quality
+
+    h = hashlib.sha256(f"{pyproj.__version__} {pyproj.proj_version_str}".encode())
+    for module in (emprise, geojson, models, quality, sys.modules[__name__]):
+        h.update(Path(str(module.__file__)).read_bytes())
+    return h.hexdigest()
+
+
+def _dalles_digest(dalles: Sequence[Dalle]) -> str:
+    """Every field of the dalles, in order (each CRS once): what their features and checks are made of."""
+    crs: dict[str, int] = {}
+    h = hashlib.sha256(_code_digest().encode())
+    # marshal's version 0 writes values only (no shared references, no interning): equal fields, equal bytes.
+    h.update(marshal.dumps([(d.file.path, d.file.size, d.file.mtime, d.file.etag, d.mime, d.width, d.height,
+                             d.bands, d.compression, d.epsg, crs.setdefault(d.crs_wkt, len(crs)), d.corners,
+                             d.resolution_cm, d.open) for d in dalles], 0))
+    h.update(marshal.dumps(list(crs), 0))
+    return h.hexdigest()
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 RELEASES = ".releases"
 """The folder of `out` holding each published set of files, one folder per publication."""
 CURRENT = ".current"
 """The link of `out` naming the release being served."""
+INPUTS = ".inputs.json"
+"""In a release, the key of the inputs each file reused or written was made from (`OutputSet.reuse`)."""
 
 
 class OutputSet:
@@ -138,6 +177,24 @@ class OutputSet:
         self.out = out
         self.release = out / RELEASES / f"{time.time_ns():020d}-{os.getpid()}"
         self.names: list[str] = []
+        self.keys: dict[str, str] = {}
+
+    def reuse(self, name: str, key: str) -> bool:
+        """Take the served release's file `name` into this set, unwritten (a hard link), when it was
+        made from inputs of the same `key` (`INPUTS`) and has the mode a new file would get; else
+        False, and the key goes with the file written instead."""
+        self.keys[name] = key
+        served = self.out / CURRENT
+        try:
+            if json.loads((served / INPUTS).read_text(encoding="utf-8")).get(name) != key:
+                return False
+            if stat.S_IMODE((served / name).stat().st_mode) != stat.S_IMODE(self.release.stat().st_mode) & 0o666:
+                return False
+            os.link(served / name, self.release / name)
+        except (OSError, ValueError, AttributeError):
+            return False
+        self.names.append(name)
+        return True
 
     def __enter__(self) -> OutputSet:
         """Create the release folder."""
@@ -171,6 +228,10 @@ class OutputSet:
         if kind is not None:
             shutil.rmtree(self.release, ignore_errors=True)
             return
+        if self.keys:
+            with self.open(INPUTS) as f:
+                json.dump({k: v for k, v in self.keys.items() if k in self.names}, f, sort_keys=True)
+            self.names.remove(INPUTS)
         _fsync_dir(self.release)
         _replace_link(self.out / CURRENT, f"{RELEASES}/{self.release.name}")
         for name in self.names:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import pytest
 
-from indexer.models import ScanResult
+from indexer.models import DalleProblem, FileEntry, ScanResult, SkipReason
+from indexer.projet import Livrable, Projet
 from indexer.publish import OutputSet, publish_outputs
 from indexer.read import read_dalle
 from indexer.storages import open_storage
@@ -52,7 +55,7 @@ def test_files_take_the_umask_s_mode_and_one_release_is_served(umask: None, rows
     (release,) = (out / ".releases").iterdir()
     assert os.readlink(out / ".current") == f".releases/{release.name}"
     assert stat.S_IMODE(release.stat().st_mode) == 0o755
-    assert sorted(p.name for p in release.iterdir()) == sorted(NAMES)
+    assert sorted(p.name for p in release.iterdir()) == sorted([*NAMES, ".inputs.json"])
     os.umask(0o027)
     publish_outputs(out, scan_of(rows, 3), None, None, date(2025, 1, 1))
     assert stat.S_IMODE((out / "dalles.geojson").stat().st_mode) == 0o640
@@ -111,3 +114,36 @@ def test_a_reader_of_the_current_release_sees_one_set(umask: None, rows: Path, t
         reader.join()
     assert seen and all(count == indexed for count, indexed in seen)
     assert len({count for count, _ in seen}) > 1
+
+
+def test_a_file_made_from_the_same_inputs_is_taken_from_the_served_release(umask: None, rows: Path,
+                                                                           tmp_path: Path) -> None:
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    result = scan_of(rows, 3)
+    publish_outputs(out, result, None, None, date(2025, 1, 1))
+    first = {name: (out / name).stat().st_ino for name in NAMES}
+    publish_outputs(out, replace(result, duration_s=2.0), None, None, date(2025, 1, 1))
+    publish_outputs(fresh, replace(result, duration_s=2.0), None, None, date(2025, 1, 1))
+    # dalles.geojson and quality.json are the served files, linked unwritten; the others written again
+    assert {name for name in NAMES if (out / name).stat().st_ino == first[name]} == {"dalles.geojson",
+                                                                                     "quality.json"}
+    assert {name: (out / name).read_bytes() for name in NAMES} == {
+        name: (fresh / name).read_bytes() for name in NAMES}
+    # a changed projet document, a changed dalle, a changed problem: written again, as a fresh publication
+    projet = Projet(id="P1", nom="p", livrables=[])
+    livrable = Livrable(nom="l", licence="ouvert_lo")
+    dalle = replace(result.dalles[0], file=replace(result.dalles[0].file, size=1))
+    problem = DalleProblem(FileEntry("z.tif", 3), SkipReason.EMPTY, "0 bytes")
+    for changed, doc, liv, rewritten in [(result, projet, livrable, {"dalles.geojson"}),
+                                         (replace(result, dalles=[dalle, *result.dalles[1:]]), None, None,
+                                          {"dalles.geojson", "quality.json"}),
+                                         (replace(result, problems=[problem]), None, None, {"quality.json"})]:
+        publish_outputs(out, result, None, None, date(2025, 1, 1))
+        before = {name: (out / name).stat().st_ino for name in NAMES}
+        publish_outputs(out, changed, doc, liv, date(2025, 1, 1))
+        publish_outputs(fresh / "again", changed, doc, liv, date(2025, 1, 1))
+        assert {name for name in NAMES if (out / name).stat().st_ino != before[name]} == {
+            *rewritten, "livrables.geojson", "report.json"}
+        assert {name: (out / name).read_bytes() for name in NAMES} == {
+            name: (fresh / "again" / name).read_bytes() for name in NAMES}
+        shutil.rmtree(fresh / "again")
