@@ -102,8 +102,9 @@ def reusable(entry: FileEntry, previous: Record | None) -> bool:
         return False
     if isinstance(previous, DalleProblem) and previous.reason == SkipReason.UNREADABLE:
         return False  # a transient failure is always retried
-    signature = Signature.of(entry)
-    return signature.usable and signature == Signature.of(previous.file)
+    old = previous.file  # `Signature` of each, compared field by field: this runs once per listed file
+    return (entry.size is not None and (entry.mtime is not None or entry.etag is not None)
+            and entry.size == old.size and entry.mtime == old.mtime and entry.etag == old.etag)
 
 
 def split_reusable(storage: Storage, candidates: list[FileEntry], previous: dict[str, Record],
