@@ -423,7 +423,9 @@ def test_an_ftp_server_at_its_cap_is_waited_for_then_read(served: Served, local:
         server.stop()
     got = outputs(tmp_path / "out")
     assert (got["dalles"], got["livrables"]) == (local["dalles"], local["livrables"])
-    assert len(refused) == 1  # refused once, then served on the next attempt
+    # Refused, then served on a later attempt of the same scan: the held connections close once the
+    # first refusal is in ProFTPD's log, and an attempt made before that close is refused too.
+    assert 1 <= len(refused) <= 3  # at least once, within the scan's 3 retries
 
 
 def test_an_ftp_server_that_stays_full_fails_the_scan_with_one_line(served: Served, cli_env: Any,
