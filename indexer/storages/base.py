@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
 
@@ -32,6 +33,18 @@ class AsyncReads(Protocol):
     async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
         """`Storage.read_start` as a coroutine, on `loop`."""
         ...
+
+
+@dataclass(frozen=True)
+class CoroutineReads:
+    """The `AsyncReads` of a storage: its event loop and its coroutine reading a file's first bytes."""
+
+    loop: asyncio.AbstractEventLoop
+    read: Callable[[FileEntry, int], Awaitable[tuple[bytes, FileEntry]]]
+
+    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
+        """`Storage.read_start` as a coroutine, on `loop`."""
+        return await self.read(entry, length)
 
 
 class Storage(ABC):

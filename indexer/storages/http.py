@@ -51,7 +51,7 @@ from indexer.storages.access import (
     retry_async,
 )
 from indexer.storages.addresses import AddressPolicy
-from indexer.storages.base import STREAM_CHUNK, AsyncReads, Storage
+from indexer.storages.base import STREAM_CHUNK, AsyncReads, CoroutineReads, Storage
 from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, CrawlLimits, listing_failure
 from indexer.storages.html_listing import parse_listing
 
@@ -344,7 +344,7 @@ class HTTPListingStorage(Storage):
 
     def async_reads(self) -> AsyncReads:
         """Ranged GETs as coroutines on `loop`, where the session lives."""
-        return _CoroutineReads(self)
+        return CoroutineReads(self.loop, self._read_start)
 
     async def _request(self, path: str, call: Callable[[aiohttp.ClientSession, str], Awaitable[T]]) -> T:
         session = await self._session()
@@ -390,18 +390,7 @@ class HTTPListingStorage(Storage):
     async def _read_range(self, path: str, start: int, end: int) -> bytes:
         async def get(session: aiohttp.ClientSession, url: str) -> bytes:
             async with session.get(url, headers={"Range": f"bytes={start}-{end - 1}"}) as response:
-                if response.status == 404:
-                    raise NotFound("HTTP 404", mask_url(url))
-                response.raise_for_status()
-                _refuse_encoded(path, response)
-                if response.status == 206:
-                    header = response.headers.get("Content-Range", "")
-                    match = _CONTENT_RANGE.fullmatch(header.strip())
-                    if match is None or int(match.group(1)) != start:
-                        raise ReadError(path, f"asked for bytes {start}-{end - 1}, the server sent "
-                                              f"Content-Range {header[:80]!r}")
-                else:  # 200: the server ignored the range; read up to `end` only, then hang up
-                    await _skip(response, start)
+                await _at_range_start(path, url, response, start, end)  # then read up to `end` only
                 return await read_at_most(response, end - start)
 
         return await self._request(path, get)
@@ -439,18 +428,7 @@ class HTTPListingStorage(Storage):
         async def get(session: aiohttp.ClientSession, url: str) -> aiohttp.ClientResponse:
             response = await session.get(url, headers={"Range": f"bytes={start}-{end - 1}"})
             try:
-                if response.status == 404:
-                    raise NotFound("HTTP 404", mask_url(url))
-                response.raise_for_status()
-                _refuse_encoded(path, response)
-                if response.status == 206:
-                    header = response.headers.get("Content-Range", "")
-                    match = _CONTENT_RANGE.fullmatch(header.strip())
-                    if match is None or int(match.group(1)) != start:
-                        raise ReadError(path, f"asked for bytes {start}-{end - 1}, the server sent "
-                                              f"Content-Range {header[:80]!r}")
-                else:  # 200: the server ignored the range
-                    await _skip(response, start)
+                await _at_range_start(path, url, response, start, end)
             except BaseException:
                 response.close()
                 raise
@@ -552,23 +530,27 @@ async def _finish(response: aiohttp.ClientResponse, complete: bool) -> None:
         response.close()
 
 
+async def _at_range_start(path: str, url: str, response: aiohttp.ClientResponse, start: int, end: int) -> None:
+    """Check the answer to a ranged GET of bytes `start` to `end` and leave its body at `start`.
+
+    404 is `NotFound`, other errors raise; an encoded body is refused; a 206 must start at
+    `start`; a 200 (the server ignored ``Range``) is read past `start`.
+    """
+    if response.status == 404:
+        raise NotFound("HTTP 404", mask_url(url))
+    response.raise_for_status()
+    _refuse_encoded(path, response)
+    if response.status == 206:
+        header = response.headers.get("Content-Range", "")
+        match = _CONTENT_RANGE.fullmatch(header.strip())
+        if match is None or int(match.group(1)) != start:
+            raise ReadError(path, f"asked for bytes {start}-{end - 1}, the server sent "
+                                  f"Content-Range {header[:80]!r}")
+    else:
+        await _skip(response, start)
+
+
 def _close_later(loop: asyncio.AbstractEventLoop, client: aiohttp.ClientSession) -> None:
     """Close a session on its loop without waiting, from any thread (a finalizer's)."""
     if not client.closed and not loop.is_closed():
         asyncio.run_coroutine_threadsafe(client.close(), loop)
-
-
-class _CoroutineReads:
-    """`HTTPListingStorage`'s header reads as coroutines on its loop."""
-
-    def __init__(self, storage: HTTPListingStorage) -> None:
-        self._storage = storage
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """fsspec's IO loop, where the storage's session lives."""
-        return self._storage.loop
-
-    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
-        """One ranged GET."""
-        return await self._storage._read_start(entry, length)

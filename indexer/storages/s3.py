@@ -46,7 +46,7 @@ from indexer.storages.access import (
     retry_async,
 )
 from indexer.storages.addresses import AddressPolicy
-from indexer.storages.base import AsyncReads, Storage
+from indexer.storages.base import AsyncReads, CoroutineReads, Storage
 from indexer.storages.crawl import CrawlLimits, listing_failure
 from indexer.storages.http import GuardedResolver, guarded_socket_factory
 
@@ -188,7 +188,7 @@ class S3Storage(Storage):
 
     def async_reads(self) -> AsyncReads:
         """Ranged GetObjects as coroutines on s3fs's loop, where its HTTP sessions live."""
-        return _CoroutineReads(self)
+        return CoroutineReads(get_loop(), self._read_start_async)
 
     def list_files(self) -> list[FileEntry]:
         """Every object under the prefix, one paginated listing. No object at all is "not found"."""
@@ -277,23 +277,6 @@ class S3Storage(Storage):
             fs, self._fs = self._fs, None
         if fs is not None:
             s3fs_adapter.close(fs, self.policy.timeout_s)
-
-
-class _CoroutineReads:
-    """`S3Storage` header reads as coroutines on fsspec's event loop, where s3fs's client lives."""
-
-    def __init__(self, storage: S3Storage) -> None:
-        self.storage = storage
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """fsspec's I/O loop."""
-        loop: asyncio.AbstractEventLoop = get_loop()
-        return loop
-
-    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
-        """`S3Storage.read_start` as a coroutine."""
-        return await self.storage._read_start_async(entry, length)
 
 
 def _check_sizes(path: str, size: int, content_range: str | None, received: int, asked: int) -> None:

@@ -39,7 +39,7 @@ from indexer.storages.access import (
     retry_sync,
 )
 from indexer.storages.addresses import AddressPolicy
-from indexer.storages.base import AsyncReads, Storage
+from indexer.storages.base import AsyncReads, CoroutineReads, Storage
 from indexer.storages.crawl import LISTING_CONCURRENCY, Child, Crawl, CrawlLimits, crawl_in_threads
 from indexer.storages.sshfs_adapter import RangedSSHFileSystem, logout
 
@@ -198,7 +198,7 @@ class SFTPStorage(Storage):
 
     def async_reads(self) -> AsyncReads:
         """Header reads as coroutines on the loop of the connection, all in flight on it at once."""
-        return _CoroutineReads(self)
+        return CoroutineReads(get_loop(), self._read_start_async)
 
     async def _read_start_async(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
         full = self._path(entry.path)
@@ -258,20 +258,3 @@ def _encryption_algs() -> list[str]:
     defaults = [name.decode() for name in asyncssh.encryption.get_default_encryption_algs()]
     return [*(name for name in _FAST_CIPHERS if name in defaults),
             *(name for name in defaults if name not in _FAST_CIPHERS)]
-
-
-class _CoroutineReads:
-    """`SFTPStorage` header reads as coroutines on fsspec's event loop, where the connection lives."""
-
-    def __init__(self, storage: SFTPStorage) -> None:
-        self.storage = storage
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        """fsspec's I/O loop: sshfs makes its connection there."""
-        loop: asyncio.AbstractEventLoop = get_loop()
-        return loop
-
-    async def read_start(self, entry: FileEntry, length: int) -> tuple[bytes, FileEntry]:
-        """`SFTPStorage.read_start` as a coroutine."""
-        return await self.storage._read_start_async(entry, length)
