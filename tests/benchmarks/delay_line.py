@@ -325,14 +325,19 @@ async def _serve(target: tuple[str, int], latency_s: float, ftp: bool, port: int
     line = DelayLine(target, latency_s, ftp=ftp, port=port)
     sys.stdout.write(f"PORT {await line.start()}\n")
     sys.stdout.flush()
+    try:
+        await until_stopped()
+    finally:
+        await line.aclose()
+
+
+async def until_stopped() -> None:
+    """Return once the process gets SIGTERM or SIGINT: a server process's main coroutine waits on it."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await line.aclose()
+    await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:

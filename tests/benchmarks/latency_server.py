@@ -34,7 +34,6 @@ import posixpath
 import re
 import resource
 import select
-import signal
 import socket
 import stat
 import subprocess
@@ -50,7 +49,7 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote
 
-from tests.benchmarks.delay_line import DelayLine, LineCounters
+from tests.benchmarks.delay_line import DelayLine, LineCounters, until_stopped
 
 STATS_PATH = "/_bench/stats"
 RESET_PATH = "/_bench/reset"
@@ -330,11 +329,8 @@ async def _serve_forever(root: Path, latency: float, port: int) -> None:
     line = DelayLine(("127.0.0.1", direct), latency, port=port, counters=counters)
     sys.stdout.write(f"PORT {await line.start()} DIRECT {direct}\n")
     sys.stdout.flush()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         line.close()
         listener.close()

@@ -75,6 +75,17 @@ def indexed(server: ApiServer, sample_livrable: Path, tmp_path_factory: pytest.T
     return out
 
 
+
+def assert_sample_drawn(browser: webdriver.Chrome) -> None:
+    """The sample's map: its emprise, its valid dalles, its missing dalle as a hole, the legend's counts."""
+    green = OUTCOMES["indexed"][1]
+    assert drawn(browser) == {("pcrs-emprise-emprise", "#000091"): 1, ("pcrs-dalles-indexed", green): VALID,
+                               ("pcrs-quality-hole", CHECKS["hole"][1]): 1}  # the sample's missing dalle
+    reasons = Counter(BAD_FILES.values())
+    assert legend(browser) == {"emprise.emprise": 1, "dalles.indexed": VALID, "quality.hole": 1,
+                                **{f"dalles.{reason}": n for reason, n in reasons.items()}}
+
+
 def test_the_served_page_in_chromium(chromium: webdriver.Chrome, server: ApiServer,  # noqa: F811
                                      indexed: Path, sample_livrable: Path, tmp_path: Path) -> None:
     with server.client() as client:
@@ -101,12 +112,7 @@ def test_the_served_page_in_chromium(chromium: webdriver.Chrome, server: ApiServ
     token = issue_download_token(1, DOWNLOAD_SECRET, time.time())
     console = load(chromium, f"{server.url}/storages/1/preview?token={token}")
     assert console == []
-    green = OUTCOMES["indexed"][1]
-    assert drawn(chromium) == {("pcrs-emprise-emprise", "#000091"): 1, ("pcrs-dalles-indexed", green): VALID,
-                               ("pcrs-quality-hole", CHECKS["hole"][1]): 1}  # the sample's missing dalle
-    reasons = Counter(BAD_FILES.values())
-    assert legend(chromium) == {"emprise.emprise": 1, "dalles.indexed": VALID, "quality.hole": 1,
-                                **{f"dalles.{reason}": n for reason, n in reasons.items()}}
+    assert_sample_drawn(chromium)
     dalle = chromium.find_elements(By.CSS_SELECTOR, "#pcrs-map path.pcrs-dalles-indexed")[-1]
     ActionChains(chromium).move_to_element(dalle).click().perform()
     WebDriverWait(chromium, 5).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#pcrs-properties a.pcrs-download"))
@@ -154,14 +160,9 @@ def test_preview_html_of_index_in_chromium(chromium: webdriver.Chrome, indexed: 
                                            tmp_path: Path) -> None:
     console = load(chromium, (indexed / "preview.html").as_uri())
     assert console == []
-    green = OUTCOMES["indexed"][1]
-    assert drawn(chromium) == {("pcrs-emprise-emprise", "#000091"): 1, ("pcrs-dalles-indexed", green): VALID,
-                               ("pcrs-quality-hole", CHECKS["hole"][1]): 1}  # the sample's missing dalle
-    reasons = Counter(BAD_FILES.values())
-    assert legend(chromium) == {"emprise.emprise": 1, "dalles.indexed": VALID, "quality.hole": 1,
-                                **{f"dalles.{reason}": n for reason, n in reasons.items()}}
+    assert_sample_drawn(chromium)
     unplaced = chromium.find_elements(By.CSS_SELECTOR, "#pcrs-unplaced li")
-    assert Counter(li.get_attribute("data-class") for li in unplaced) == reasons
+    assert Counter(li.get_attribute("data-class") for li in unplaced) == Counter(BAD_FILES.values())
     assert sorted(li.text for li in unplaced) == sorted(p.rsplit("/", 1)[1] for p in BAD_FILES)
 
     # A click on a dalle shows its properties (no download link: no token, no server).
